@@ -133,21 +133,21 @@ def smollm2_gguf():
 
 
 def export_smollm2(out_dir):
-    """Unpack SmolLM2-135M-Instruct into a plain fp32 Hugging Face folder (538 MB) that transformers and
-    vLLM load. save_pretrained refuses GGUF-loaded models, so the weights go through a fresh LlamaForCausalLM."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
+    """Unpack SmolLM2-135M-Instruct into a plain fp32 Hugging Face folder (538 MB) that transformers and vLLM load.
+    The GGUF tensors are de-quantized straight into a fresh LlamaForCausalLM (from_pretrained(gguf_file=...) would
+    need `accelerate`, and save_pretrained refuses GGUF-loaded models); lm_head stays tied to the embeddings."""
+    from transformers import AutoConfig, AutoTokenizer, LlamaForCausalLM
+    from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
 
     out_dir = Path(out_dir)
     if (out_dir / "config.json").is_file():
         return out_dir
     folder, gguf = smollm2_gguf()
     tok = AutoTokenizer.from_pretrained(folder, gguf_file=gguf)
-    src = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf)
-    cfg = src.config
-    cfg.quantization_config = None
-    del cfg.quantization_config
-    model = LlamaForCausalLM(cfg)
-    model.load_state_dict(src.state_dict())
+    model = LlamaForCausalLM(AutoConfig.from_pretrained(folder, gguf_file=gguf))
+    tensors = load_gguf_checkpoint(str(folder / gguf), return_tensors=True, model_to_load=model)["tensors"]
+    model.load_state_dict(tensors, strict=False)  # only lm_head.weight is absent: tied
+    model.tie_weights()
     tmp = out_dir.with_name(out_dir.name + ".tmp")
     model.save_pretrained(tmp)
     tok.save_pretrained(tmp)

