@@ -19,6 +19,10 @@ pure_advantages takes right-padded [B, T] token tensors (B responses in groups o
 response length) and moves the K step scores into a left-aligned [B, K] step layout, as PURE does (score_mask).
 Everything is computed in float64: the reference's math, not its bf16/fp32 rounding. The JSONL CLI
 (`python credit.py --help`) builds the tensors from one file = one buffer.
+
+PRIME (Cui et al. 2025; PRIME-RL/PRIME@18ad596), the sibling method, in its own section: implicit per-token rewards
+r_t = log pi_psi(y_t) - log pi_ref(y_t) (prime_token_rewards), RLOO per reward source + masked whitening
+(prime_advantages), the online implicit PRM's CE loss (prime_prm_loss) and the accuracy filter (prime_filter).
 """
 import sys
 from dataclasses import dataclass
@@ -172,6 +176,97 @@ def pure_advantages(process_rewards, step_end_mask, action_mask, solved, has_gol
         advantages, mean, std = whiten(returns, act, all_reduce)
         info.update(whiten_mean=mean.item(), whiten_std=std.item())
     return advantages.to(process_rewards.dtype), returns.to(process_rewards.dtype), info
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# PRIME (Cui et al. 2025, "Process Reinforcement through Implicit Rewards") as coded in PRIME-RL/PRIME@18ad596
+# training/verl: workers/actor/dp_prime.py (implicit PRM), trainer/ppo/core_algos.py (RLOO, CE loss), ray_trainer.py
+
+
+def prime_token_rewards(logp_prm, logp_ref, action_mask, beta=1.0, batch_norm=True):
+    """Implicit process reward per token (prime_granularity=token: every token is its own step; no gradient).
+    logp_prm, logp_ref [B, T] log pi_psi(y_t), log pi_ref(y_t) of the response tokens; action_mask [B, T] -> [B, T].
+    QUIRK (no beta): paper and README write r_t = beta * log(pi_psi / pi_ref), but compute_implicit_reward applies
+    no beta (dp_prime.py:116-143); beta = 1.0 reproduces it. QUIRK (prime_norm=batch_norm, dp_prime.py:239-241, as the
+    reference runs): r /= max |reverse cumsum| + 1e-6 over the buffer given (in the reference: one data-parallel
+    rank's shard, no all-reduce), which makes beta irrelevant (up to the 1e-6).
+    """
+    r = beta * (logp_prm - logp_ref).detach() * action_mask  # [B, T] r_t = beta * (log pi_psi - log pi_ref)(y_t)
+    if batch_norm:
+        G = r.flip(-1).cumsum(-1).flip(-1)  # [B, T] sum_{t'>=t} r_t'
+        r = r / (G.abs().max() + 1e-6)
+    return r
+
+
+def masked_rloo(r, mask, n_samples):
+    """PRIME's leave-one-out for ONE reward source (core_algos.py masked_rloo), groups of n adjacent rows.
+    r [B, T], mask [B, T] bool (the tokens that carry this source) -> [B, T], 0 off the mask:
+        r_{i,t} <- r_{i,t} * n/(n-1) - sum_{j in group} m_j / (n-1),   m_j = mean_{t in mask_j} r_{j,t}
+    i.e. r_{i,t} - mean_{j!=i} m_j + (r_{i,t} - m_i)/(n-1); with one masked token per row: r_i - mean_{j!=i} r_j."""
+    r = r * mask  # [B, T]
+    m = r.sum(-1) / mask.sum(-1)  # [B] m_j
+    group_sum = m.view(-1, n_samples).sum(-1).repeat_interleave(n_samples)  # [B] sum_{j in i's group} m_j
+    return (r * n_samples / (n_samples - 1) - group_sum[:, None] / (n_samples - 1)) * mask
+
+
+def masked_whiten(x, mask, all_reduce=None):
+    """verl's masked_whiten (PRIME's advantage normalization). [B, T] -> ([B, T], mean, std).
+    mu = masked mean; var = masked mean of (x - mu)^2 * N/(N-1) (masked_var, unbiased=True by default: Bessel);
+    A = (x - mu) * rsqrt(var + 1e-8). all_reduce (in-place sum over ranks) makes the statistics global; the
+    reference runs this on the driver over the whole batch. verl leaves -mu/sigma on padding; we write 0 there."""
+    x = x * mask  # [B, T]
+    stats = torch.stack([x.sum(), mask.sum().to(x.dtype)])  # [2] sum, N
+    if all_reduce is not None:
+        all_reduce(stats)
+    mean = stats[0] / stats[1]
+    sq = ((x - mean) ** 2 * mask).sum().view(1)  # [1]
+    if all_reduce is not None:
+        all_reduce(sq)
+    var = sq[0] / (stats[1] - 1)  # unbiased: sum (x - mu)^2 / (N - 1)
+    return (x - mean) * torch.rsqrt(var + 1e-8) * mask, mean, var.sqrt()
+
+
+def prime_advantages(token_rewards, action_mask, solved, n_samples, *, normalize=True, all_reduce=None):
+    """PRIME's RLOO with process reward (core_algos.py:108-153), B responses in groups of n_samples adjacent rows.
+
+    token_rewards [B, T] implicit rewards (prime_token_rewards); action_mask [B, T] bool (right-padded);
+    solved [B] verifier outcome 0/1. Each source gets its own masked_rloo: implicit rewards on every action token,
+    the outcome on the final token (-> solved_i - mean_{j!=i} solved_j). Each source's return is a reverse cumsum
+    (reward_model_gamma = verifier_gamma = 1), returns are summed (1:1: rm_coef = reward_coef = 5 never reach
+    this path) and whitened with the action mask. No KL (kl_coef = 0 in the run). Computed in float64; returns
+    (advantages [B, T], returns [B, T]) in token_rewards.dtype and info = {implicit_reward, accuracy, whiten_*}.
+    """
+    B = token_rewards.shape[0]
+    if n_samples < 2 or B % n_samples:
+        raise ValueError(f"need groups of n_samples >= 2 adjacent rows, got B={B}, n_samples={n_samples}")
+    act = action_mask.bool()  # [B, T]
+    final = torch.nn.functional.one_hot(act.sum(-1) - 1, act.shape[-1]).bool()  # [B, T] True at the final token
+    outcome = final * solved.double()[:, None]  # [B, T] solved_i on the final token
+    rewards = masked_rloo(token_rewards.double(), act, n_samples) + masked_rloo(outcome, final, n_samples)
+    returns = rewards.flip(-1).cumsum(-1).flip(-1) * act  # [B, T] G_t = sum_{t'>=t} (r~_t' + o~_t'), gamma = 1
+    info = {"implicit_reward": (token_rewards * act).sum(-1).mean().item(), "accuracy": solved.double().mean().item()}
+    advantages = returns
+    if normalize:
+        advantages, mean, std = masked_whiten(returns, act, all_reduce)
+        info.update(whiten_mean=mean.item(), whiten_std=std.item())
+    return advantages.to(token_rewards.dtype), returns.to(token_rewards.dtype), info
+
+
+def prime_prm_loss(logp_prm, logp_ref, action_mask, solved, beta_train=0.05):
+    """Online implicit-PRM update loss (core_algos.py:265-268, update=after), mean over the B responses:
+        L_CE = BCE(sigmoid(beta * sum_t (log pi_psi - log pi_ref)(y_t)), acc)
+    logp_prm [B, T] (with grad), logp_ref [B, T], action_mask [B, T], solved [B] 0/1 -> scalar. The reference
+    takes binary_cross_entropy of the sigmoid (log clamped at -100); the logits form is the same loss, finite for
+    every z."""
+    z = beta_train * ((logp_prm - logp_ref) * action_mask).sum(-1)  # [B] beta * sum_t q_t
+    return torch.nn.functional.binary_cross_entropy_with_logits(z, solved.to(z.dtype))
+
+
+def prime_filter(solved, n_samples, lower=0.2, upper=0.8):
+    """PRIME's prompt filter (ray_trainer.py filter; run_prime_main.sh bounds): keep a prompt iff its accuracy
+    mean_j solved_j over its n samples lies in [lower, upper], bounds included. solved [B] -> [B/n] bool."""
+    acc = solved.double().view(-1, n_samples).mean(-1)  # [B/n]
+    return (acc >= lower) & (acc <= upper)
 
 
 # ---------------------------------------------------------------------------------------------------------------
