@@ -1,0 +1,384 @@
+"""rewards.py: step splitting on real tokenizers, PRM input layout and batched scores (vs. one sequence at a time),
+the answer checker (own table, OlympiadBench's judge examples, 800 graded Qwen2.5-Math outputs), time limits,
+threads, and the CLI."""
+import json
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+import torch
+
+import rewards
+from common import prm_sequence, separator_ids
+from tests.conftest import ROOT
+
+# ------------------------------------------------------------------------------------------------ step splitting
+
+
+def _pieces_ids(tok, pieces):
+    return [tok.encode(p, add_special_tokens=False) for p in pieces]
+
+
+def test_separator_ids_match_per_token_decode(tiny_tokenizer, smollm2_tokenizer):
+    for tok in (tiny_tokenizer, smollm2_tokenizer):  # the reference's loop: decode(i).endswith("\n\n")
+        loop = {i for i in range(len(tok)) if tok.decode([i]).endswith("\n\n")}
+        assert rewards.separator_token_ids(tok) == loop and loop
+    texts = {tiny_tokenizer.decode([i]) for i in rewards.separator_token_ids(tiny_tokenizer)}
+    assert {"\n\n", ".\n\n", ":\n\n"} <= texts  # merged separators are separators
+
+
+def test_split_steps_tiny_merged_separators(tiny_tokenizer):
+    tok, eos = tiny_tokenizer, tiny_tokenizer.eos_token_id
+    sep = rewards.separator_token_ids(tok)
+    a, b = _pieces_ids(tok, ["First.\n\n", "Second.\n\n"])
+    assert tok.decode(a[-1:]) == ".\n\n"  # the "." is fused into the separator token
+    assert rewards.split_steps(a + b + [eos], sep) == [len(a), len(b), 1]
+    c = tok.encode("Third", add_special_tokens=False)
+    assert rewards.split_steps(a + c + [eos], sep) == [len(a), len(c) + 1]
+    assert rewards.split_steps(a + c, sep) == [len(a), len(c)]  # truncated: the last token ends the last step
+    assert rewards.split_steps(a + b, sep) == [len(a), len(b)]  # ends on a separator: it is the final step's end
+    one = tok.encode("Just one step", add_special_tokens=False)
+    assert rewards.split_steps(one + [eos], sep) == [len(one) + 1]  # no separator: K = 1
+    with pytest.raises(ValueError, match="empty"):
+        rewards.split_steps([], sep)
+
+
+def test_split_steps_empty_steps(tiny_tokenizer, smollm2_tokenizer):
+    for tok in (tiny_tokenizer, smollm2_tokenizer):
+        sep = rewards.separator_token_ids(tok)
+        ids = tok.encode("A.\n\n\n\nB", add_special_tokens=False) + [tok.eos_token_id]
+        counts = rewards.split_steps(ids, sep)
+        assert sum(counts) == len(ids)
+        ends = [sum(counts[:k + 1]) - 1 for k in range(len(counts))]
+        # every step but the last ends on a token whose text ends with "\n\n"; no other token does
+        assert [i for i, t in enumerate(ids) if tok.decode([t]).endswith("\n\n")] == ends[:-1]
+    tiny = tiny_tokenizer  # "A" ".\n\n" "\n\n" "B" EOS: the "\n\n" alone is an empty step (c_k = 1, no content)
+    ids = tiny.encode("A.\n\n\n\nB", add_special_tokens=False) + [tiny.eos_token_id]
+    assert rewards.split_steps(ids, rewards.separator_token_ids(tiny)) == [2, 1, 2]
+
+
+def test_split_steps_smollm2(smollm2_tokenizer):
+    tok = smollm2_tokenizer
+    sep = rewards.separator_token_ids(tok)
+    a, b = _pieces_ids(tok, ["x = 3:\n\n", "yy\n\n"])
+    assert tok.decode(a[-1:]) == "\n\n" or tok.decode(a[-1:]).endswith("\n\n") or tok.decode(a[-2:]) == "\n\n"
+    ids = tok.encode("Then y = 2.\n\nSo z = 5", add_special_tokens=False) + [tok.eos_token_id]
+    expected = [i for i, t in enumerate(ids) if tok.decode([t]).endswith("\n\n")] + [len(ids) - 1]
+    counts = rewards.split_steps(ids, sep)
+    assert [sum(counts[:k + 1]) - 1 for k in range(len(counts))] == expected
+    assert rewards.split_steps(b, sep) == [len(b)]
+
+
+# ------------------------------------------------------------------------------------------------ PRM
+
+
+def _responses(tok):
+    eos = tok.eos_token_id
+    texts = ["First, compute 3.\n\nNext, add 5: 12 + 5 = 17.\n\nSo the answer is 17.",
+             "We have x.\n\n\n\nThe answer is $\\boxed{-1}$.", "Just one step", "Step 1: area.\n\n"]
+    return [tok.encode(t, add_special_tokens=False) + [eos] for t in texts[:3]] + [tok.encode(texts[3])]
+
+
+def test_prm_input_positions_line_up_with_terminal_tokens(tiny_tokenizer):
+    tok = tiny_tokenizer
+    sep = rewards.separator_token_ids(tok)
+    nl = separator_ids(tok)
+    assert len(nl) == 1
+    prompt = tok.encode("How many? Please reason step by step.\n\n", add_special_tokens=False)
+    for resp in _responses(tok):
+        counts = rewards.split_steps(resp, sep)
+        ids, ends = prm_sequence(prompt, rewards.prm_steps(resp, counts), nl)
+        # reference: the "\n" of step k sits where the policy's terminal token was (problem_length + score_id - 1)
+        assert ends == [len(prompt) + sum(counts[:k + 1]) - 1 for k in range(len(counts))]
+        assert len(ids) == len(prompt) + len(resp)
+        for k, e in enumerate(ends):
+            assert ids[e] == nl[0]
+            start = len(prompt) + sum(counts[:k])
+            assert ids[start:e] == resp[start - len(prompt):e - len(prompt)]  # content tokens unchanged
+
+
+def test_prm_steps_options(tiny_tokenizer):
+    tok = tiny_tokenizer
+    resp = tok.encode("First.\n\nThen", add_special_tokens=False) + [tok.eos_token_id]
+    counts = rewards.split_steps(resp, rewards.separator_token_ids(tok))
+    ref = rewards.prm_steps(resp, counts, tok)
+    assert tok.decode(ref[0]) == "First" and tok.decode(ref[1]) == "Then"  # "." fused in ".\n\n" is lost
+    alt = rewards.prm_steps(resp, counts, tok, drop_fused_punctuation=False, drop_eos=False)
+    assert tok.decode(alt[0]) == "First." and alt[1][-1] == tok.eos_token_id
+
+
+def test_prm_scores_batched_equals_one_at_a_time(tiny_tokenizer, tiny_prm_dir):
+    from transformers import AutoModelForTokenClassification
+
+    tok = tiny_tokenizer
+    model = AutoModelForTokenClassification.from_pretrained(tiny_prm_dir, dtype=torch.float32).eval()
+    sep = rewards.separator_token_ids(tok)
+    resps = _responses(tok)
+    prompts = [tok.encode("Q?\n\n", add_special_tokens=False), tok.encode("A longer question here?")] * 2
+    counts = [rewards.split_steps(r, sep) for r in resps]
+    batched = rewards.prm_scores(model, tok, prompts, resps, counts, batch_size=3)
+    for prompt, resp, c, got in zip(prompts, resps, counts, batched):
+        ids, ends = prm_sequence(prompt, rewards.prm_steps(resp, c), separator_ids(tok))
+        with torch.no_grad():
+            logits = model(torch.tensor([ids])).logits[0]  # [T, 2], no padding
+        want = [(logits[e].softmax(-1)[1] - logits[e].softmax(-1)[0]).item() for e in ends]
+        assert len(got) == len(c)
+        assert got == pytest.approx(want, abs=1e-5)
+        assert all(-1 < p < 1 for p in got)
+
+
+def test_prm_head_must_be_two_class():
+    class Cfg:
+        num_labels = 3
+
+    class Fake:
+        config = Cfg()
+
+    with pytest.raises(ValueError, match="2-class"):
+        rewards.check_prm_head(Fake())
+
+
+# ------------------------------------------------------------------------------------------------ answer checker
+B = "So the answer is $\\boxed{{{}}}$.".format
+# (response or answer, gold, expected). Expected values follow the behaviour Qwen's math_equal, Hendrycks
+# is_equiv and math-verify agree on; the marked rows are what math-verify alone gets wrong.
+TABLE = [
+    (B("420"), "420", True), (B("421"), "420", False), (B("-5"), "-5", True), (B("012"), "12", True),
+    (B("12.0"), "12", True), (B("12.01"), "12", False), (B(" 12 "), "12", True),
+    # fractions, decimals, mixed numbers
+    (B("\\frac{1}{2}"), "0.5", True), (B("0.5"), "\\frac12", True), (B("\\dfrac{3}{4}"), "\\frac{3}{4}", True),
+    (B("\\tfrac{3}{4}"), "0.75", True), (B("3/4"), "\\frac{3}{4}", True), (B("0.33"), "\\frac{1}{3}", False),
+    (B("0.333"), "\\frac{1}{3}", False), (B("\\frac{5}{6}"), "\\frac{10}{12}", True), (B("\\frac{1}{4}"), "\\frac{1}{2}", False),
+    (B("-\\frac{1}{2}"), "-\\frac12", True), (B("\\frac{-1}{2}"), "-\\frac12", True), (B("3\\frac{1}{2}"), "\\frac{7}{2}", True),
+    (B("11\\frac{1}{4}"), "11.25", True), (B("1/3"), "0.\\overline{3}", True),  # math-verify alone: False
+    (B("\\frac{1}{6}"), "0.1\\overline{6}", True),  # math-verify alone: False
+    # radicals, pi, powers
+    (B("2\\sqrt{2}"), "\\sqrt{8}", True), (B("\\sqrt{8}"), "2\\sqrt2", True), (B("\\frac{\\sqrt{3}}{3}"), "\\frac{1}{\\sqrt{3}}", True),
+    (B("\\frac{\\sqrt3}2"), "\\frac{\\sqrt{3}}{2}", True), (B("\\sqrt{2}/2"), "\\frac{\\sqrt{2}}{2}", True),
+    (B("2\\sqrt{5}+1"), "1+2\\sqrt5", True), (B("\\sqrt[3]{2}"), "2^{1/3}", True), (B("9\\pi"), "9\\pi", True),
+    (B("\\pi \\cdot 9"), "9\\pi", True), (B("28.27"), "9\\pi", False), (B("\\frac{1}{2}\\pi"), "\\frac{\\pi}{2}", True),
+    (B("10^{6}"), "1000000", True), (B("2^{10}"), "1024", True), (B("1.5\\times10^{3}"), "1500", True),
+    (B("5!"), "120", True), (B("\\binom{5}{2}"), "10", True), (B("\\log_2 8"), "3", True),
+    # percent, degrees, money, units
+    (B("28\\%"), "28\\%", True), (B("28"), "28\\%", True), (B("0.28"), "28\\%", True), (B("50\\%"), "0.5", True),
+    (B("90^\\circ"), "90", True), (B("90"), "90^\\circ", True), (B("90^{\\circ}"), "90^\\circ", True),
+    (B("31^\\circ"), "30^\\circ", False), (B("90 \\text{ degrees}"), "90", True), (B("\\$18.90"), "18.90", True),
+    (B("18.9"), "\\$18.90", True), (B("\\$5"), "5", True), (B("5 dollars"), "5", True),  # math-verify alone: False
+    (B("5 \\text{ cm}"), "5", True), (B("12 \\mbox{ cm}^2"), "12", True), (B("6"), "6\\text{ cm}^2", True),
+    (B("40 \\text{ km/h}"), "40", True), (B("12\\sqrt{2}\\text{ cm}"), "12\\sqrt2", True),
+    # thousands separators
+    (B("1,600"), "1600", True), (B("1600"), "1{,}600", True), (B("10{,}000"), "10000", True),
+    (B("7,425,000"), "7425000", True), (B("1,000,000"), "10^6", True),
+    (B("1\\,000"), "1000", True), (B("1\\ 000\\ 000"), "1000000", True),  # math-verify alone: False (1*0*0)
+    # equations and assignments
+    (B("x=3"), "3", True), (B("3"), "x=3", True), (B("x=4"), "3", False), (B("k = \\frac{1}{3}"), "\\frac13", True),
+    (B("y = 2x + 3"), "y=2x+3", True), (B("y=-\\frac{1}{2}x+3"), "y = -\\frac{x}{2} + 3", True),
+    (B("a=2, b=3"), "a=2,b=3", True),
+    # intervals, inequalities, sets, tuples
+    (B("(-\\infty, 3)"), "(-\\infty,3)", True), (B("(-\\infty, 3]"), "(-\\infty,3)", False), (B("[2, 5)"), "[2,5)", True),
+    (B("(-\\infty,1]\\cup[10,\\infty)"), "(-\\infty,1]\\cup[10,+\\infty)", True),
+    (B("-2 \\le x \\le 3"), "[-2,3]", True), (B("x > 2"), "(2, \\infty)", True),  # math-verify default: False
+    (B("(1, 2)"), "(1,2)", True), (B("(2, 1)"), "(1,2)", False), (B("(2,-3)"), "(-3,2)", False),
+    (B("1, 2"), "2, 1", True), (B("2, -3"), "-3, 2", True), (B("2, 3, 5"), "2,3,5", True), (B("2, 3"), "2,3,5", False),
+    (B("\\{1, 2\\}"), "\\{2, 1\\}", True), (B("x \\in \\{1,2\\}"), "1,2", True), (B("\\pm 2"), "-2, 2", True),
+    (B("\\{(1,2),(3,4)\\}"), "(3,4),(1,2)", True), (B("\\left( 3, \\frac{\\pi}{2} \\right)"), "\\left( 3, \\frac{\\pi}{2} \\right)", True),
+    (B("\\emptyset"), "\\emptyset", True), (B("\\infty"), "\\infty", True), (B("-\\infty"), "-\\infty", True),
+    # matrices and vectors
+    (B("\\begin{pmatrix} 1 \\\\ 2 \\end{pmatrix}"), "\\begin{pmatrix} 1 \\\\ 2 \\end{pmatrix}", True),
+    (B("\\begin{pmatrix} 1 \\\\ 3 \\end{pmatrix}"), "\\begin{pmatrix} 1 \\\\ 2 \\end{pmatrix}", False),
+    (B("\\begin{pmatrix} 1 & 2 \\\\ 3 & 4 \\end{pmatrix}"), "\\begin{pmatrix}1&2\\\\3&4\\end{pmatrix}", True),
+    (B("\\begin{bmatrix} 1/2 \\\\ 0 \\end{bmatrix}"), "\\begin{pmatrix} \\frac{1}{2} \\\\ 0 \\end{pmatrix}", True),
+    # expressions, complex numbers
+    (B("x^2+2x+1"), "(x+1)^2", True), (B("x^2+2x"), "(x+1)^2", False), (B("x^{2}-1"), "(x-1)(x+1)", True),
+    (B("a+b"), "b+a", True), (B("\\frac{x+1}{2y}"), "\\frac{x}{2y}+\\frac{1}{2y}", True),
+    (B("5i"), "5i", True), (B("1+2i"), "1+2i", True), (B("1-2i"), "1+2i", False),
+    # text and multiple choice
+    (B("\\text{(C)}"), "\\text{(C)}", True), (B("C"), "\\text{(C)}", True), (B("(C)"), "\\text{C}", True),
+    (B("\\textbf{(B)}"), "\\text{(C)}", False), (B("\\text{(A)}"), "A", True), (B("\\mathrm{(D)}"), "D", True),
+    (B("\\text{Evelyn}"), "\\text{Evelyn}", True), (B("Evelyn"), "\\text{Evelyn}", True),
+    (B("\\text{odd}"), "\\text{even}", False), (B("\\text{Even}"), "\\text{even}", True), (B("No"), "\\text{No}", True),
+    (B("\\text{Yes}"), "\\text{No}", False), (B("A, C"), "\\text{A, C}", True),  # math-verify alone: False
+    (B("1011_2"), "1011_2", True), (B("1011_{2}"), "1011_2", True), (B("1010_2"), "1011_2", False),
+    (B("\\approx 3.14"), "3.14", True),
+    # extraction
+    ("The final answer is $\\boxed{\\frac{14}{3}}$. Check: \\boxed{\\frac{14}{3}}", "\\frac{14}{3}", True),
+    ("First $\\boxed{2}$ then corrected: $\\boxed{3}$", "3", True), ("First $\\boxed{3}$ then: $\\boxed{2}$", "3", False),
+    ("Therefore the result is \\fbox{7}.", "7", True),  # math-verify alone: False (no \fbox)
+    ("The answer is 42.", "42", True), ("The answer is $\\frac{1}{2}$.", "0.5", True),
+    ("Final Answer: The final answer is $28\\%$. I hope it is correct.", "28\\%", True), ("Final Answer: 17", "17", True),
+    ("The answer is: 3", "3", True), ("so $\\boxed{\\frac{\\sqrt{3}}{2}}$ is the value", "\\frac{\\sqrt3}2", True),
+    ("Nested: \\boxed{\\left\\{ \\frac{1}{2}, \\frac{1}{3} \\right\\}}", "\\frac13, \\frac12", True),
+    ("\\boxed 5", "5", True), ("**Final Answer**\n\\[ \\boxed{12} \\]", "12", True), ("\\[\\boxed{\\dfrac{7}{2}}\\]", "3.5", True),
+    ("The final answer is: $\\boxed{-\\frac{3}{4}}$", "-0.75", True), ("Answer: \\boxed{\\text{B}}", "B", True),
+    ("The answer is \\(\\frac{5}{2}\\).", "2.5", True), ("Therefore, the answer is 3 apples.", "3", True),
+    ("The value is $x = 4$ so the answer is $\\boxed{4}$.", "4", True), ("I don't know.", "5", False), ("", "5", False),
+    ("\\boxed{}", "0", False), ("\\boxed{1", "1", False), ("Answer $ 9 $", "9", True), ("60%", "0.6", True),
+]
+assert len(TABLE) >= 80
+
+
+def test_extract_answer():
+    assert rewards.extract_answer("a \\boxed{\\frac{1}{\\sqrt{2}}} b \\boxed{x^{2}}.") == "x^{2}"
+    assert rewards.extract_answer("\\fbox{7}") == "7"
+    assert rewards.extract_answer("Final Answer: The final answer is $28\\%$. I hope it is correct.") == "28\\%"
+    assert rewards.extract_answer("so the answer is 17.") == "17"
+    assert rewards.extract_answer("I don't know.") == "I don't know."  # a bare short answer is taken as is
+    assert rewards.extract_answer("Long text, no marker and no math. " * 10) is None
+
+
+def test_checker_table():
+    out = rewards.grade_many([r for r, _, _ in TABLE], [g for _, g, _ in TABLE])
+    wrong = [(r, g, e) for (r, g, e), o in zip(TABLE, out) if o["correct"] != e]
+    assert wrong == []
+    assert not any(o["timed_out"] for o in out)
+
+
+def test_olympiadbench_judge_examples(shared_data):
+    """OlympiadBench's own 36 labelled pairs. We deliberately disagree with the three whose label relies on a
+    per-problem tolerance the judge is handed (precision 1e34 for 7.1e35 vs 7e35; 1e-3 for 0.002 vs 0.003):
+    without it those are different numbers. 10^{10^{10^{10}}} vs 10^{10} runs out of time = wrong, as labelled.
+    math-verify alone also misses I_{\\max}=..., the n_gamma(nu) formula (commands in subscripts) and 0.6054 vs
+    cos^10(pi/10) (tolerance on an irrational gold)."""
+    data = json.loads((shared_data / "extras" / "olympiadbench_scoring_examples.json").read_text())
+    pairs = [(a["answer"], g["GT"], a["equal"]) for g in data for a in g["Ans"]]
+    out = rewards.grade_many([p for p, _, _ in pairs], [g for _, g, _ in pairs])
+    disagree = {p for (p, g, e), o in zip(pairs, out) if o["correct"] != e}
+    assert len(pairs) == 36
+    assert disagree == {"7.1 \\cdot 10^{35}", "0.001, 7.1 \\cdot 10^{35}", "0.002, 5.234"}
+
+
+def test_agreement_with_qwen_grades(shared_data):
+    """800 Qwen2.5-Math outputs graded by Qwen's math_equal. The one disagreement is Qwen's error: problem 72
+    (49,994/7 + 20,006/7) has gold "10{,}000"; sample 7 answers \\boxed{10000}, which is right, but Qwen's grader
+    does not read "{,}" as a thousands separator and marks it wrong."""
+    rows = [json.loads(line) for line in open(shared_data / "extras" / "qwen25math_math_cot_100_rm_maj.jsonl")]
+    resp = [c for r in rows for c in r["code"]]
+    out = rewards.grade_many(resp, [r["gt"] for r in rows for _ in r["code"]])
+    meta = [(r["idx"], i, s) for r in rows for i, s in enumerate(r["score"])]
+    disagree = [(idx, i) for (idx, i, s), o in zip(meta, out) if o["correct"] != s]
+    assert len(out) == 800 and 1 - len(disagree) / 800 >= 0.985
+    assert disagree == [(72, 7)]
+
+
+# ------------------------------------------------------------------------------------------------ time limits
+ADVERSARIAL = [
+    ("$\\boxed{10^{10^{10^{10}}}}$", "10^{10}"),
+    ("\\boxed{" + "\\frac{1}{" * 300 + "2" + "}" * 600 + "}", "1"),
+    ("\\boxed{" + "x^{" * 2000 + "}" * 2000 + "}", "1"),
+    ("".join(chr(33 + (i * 7919) % 90) for i in range(100_000)), "7"),
+    ("\\boxed{" * 15_000, "1"),  # box extraction must stay linear (it also runs in the caller after a kill)
+]
+
+
+def test_adversarial_inputs_return_within_timeout():
+    timeout, timed_out = 2.0, []
+    for response, gold in ADVERSARIAL:
+        assert rewards.grade("\\boxed{2}", "2")["correct"] is True  # an idle worker (a killed one is replaced)
+        t = time.perf_counter()
+        out = rewards.grade(response, gold, timeout=timeout)
+        assert time.perf_counter() - t < timeout + 0.5
+        assert out["correct"] is False
+        timed_out.append(out["timed_out"])
+    assert timed_out[0] is True  # 10^{10^{10^{10}}} really runs away (so the limit was exercised)
+
+
+def test_grade_many_counts_timeouts_and_no_gold():
+    out = rewards.grade_many([ADVERSARIAL[0][0], "\\boxed{3}", "\\boxed{3}"], [ADVERSARIAL[0][1], "3", None],
+                             timeout=1.5, workers=2)
+    assert [o["correct"] for o in out] == [False, True, None]
+    assert [o["timed_out"] for o in out] == [True, False, False]
+    assert out[2]["extracted"] == "3"
+
+
+def test_works_from_a_thread():
+    result = {}
+    thread = threading.Thread(target=lambda: result.update(rewards.grade("\\boxed{\\frac{1}{2}}", "0.5")))
+    thread.start()
+    thread.join(60)
+    assert result == {"correct": True, "extracted": "\\frac{1}{2}", "timed_out": False}
+    assert rewards.is_correct("\\boxed{x=3}", "3")  # also callable directly in-process (no time limit)
+
+
+# ------------------------------------------------------------------------------------------------ CLI
+
+
+def _rollouts(tok):
+    rows, golds = [], ["17", "-1", None, "5"]
+    for i, resp in enumerate(_responses(tok)):
+        rows.append(dict(prompt_ids=tok.encode("Q?\n\n", add_special_tokens=False), response_ids=resp,
+                         response_text=tok.decode(resp, skip_special_tokens=True), group=i // 2, gold=golds[i],
+                         extra=i))
+    return rows
+
+
+def test_cli_round_trip(tmp_path, tiny_tokenizer, tiny_prm_dir):
+    from transformers import AutoModelForTokenClassification
+
+    from common import write_jsonl
+
+    tok = tiny_tokenizer
+    rows = _rollouts(tok)
+    write_jsonl(tmp_path / "in.jsonl", rows)
+    rewards.run(rewards.Args(input=str(tmp_path / "in.jsonl"), output=str(tmp_path / "out.jsonl"),
+                             prm=str(tiny_prm_dir), dtype="float32"))
+    out = [json.loads(line) for line in open(tmp_path / "out.jsonl")]
+    sep = rewards.separator_token_ids(tok)
+    model = AutoModelForTokenClassification.from_pretrained(tiny_prm_dir, dtype=torch.float32)
+    counts = [rewards.split_steps(r["response_ids"], sep) for r in rows]
+    want_p = rewards.prm_scores(model, tok, [r["prompt_ids"] for r in rows], [r["response_ids"] for r in rows],
+                                counts)
+    assert [o["step_token_counts"] for o in out] == counts
+    for o, p in zip(out, want_p):
+        assert o["process_rewards"] == pytest.approx(p, abs=1e-6)
+    assert [o["verifiable_reward"] for o in out] == [1, 1, None, 0]
+    assert [o["extracted_answer"] for o in out][:2] == ["17", "-1"]
+    assert [o["extra"] for o in out] == [0, 1, 2, 3] and [o["group"] for o in out] == [0, 0, 1, 1]
+    rewards.run(rewards.Args(input=str(tmp_path / "in.jsonl"), output=str(tmp_path / "vr.jsonl"), prm="none",
+                             tokenizer=str(tiny_prm_dir)))
+    vr = [json.loads(line) for line in open(tmp_path / "vr.jsonl")]
+    assert [o["process_rewards"] for o in vr] == [[0.0] * len(c) for c in counts]
+
+
+@pytest.mark.parametrize("field,value,msg", [
+    ("response_ids", None, "response_ids: missing"),
+    ("response_text", 7, "response_text: must be a string"),
+    ("response_ids", [1, 10**6], "response_ids: every id must be an int"),
+    ("gold", 3, "gold: must be a string or null"),
+])
+def test_cli_bad_rows(tmp_path, tiny_tokenizer, tiny_prm_dir, field, value, msg):
+    from common import InputError, write_jsonl
+
+    rows = _rollouts(tiny_tokenizer)
+    if value is None:
+        del rows[1][field]
+    else:
+        rows[1][field] = value
+    write_jsonl(tmp_path / "in.jsonl", rows)
+    with pytest.raises(InputError, match=f"in.jsonl:2: {msg}"):
+        rewards.run(rewards.Args(input=str(tmp_path / "in.jsonl"), output=str(tmp_path / "out.jsonl"),
+                                 prm=str(tiny_prm_dir)))
+    assert not (tmp_path / "out.jsonl").exists()
+
+
+def test_cli_bad_prm_and_tokenizer(tmp_path, tiny_tokenizer, tiny_prm_dir, smollm2_tokenizer):
+    from transformers import AutoModelForTokenClassification
+
+    from common import InputError, write_jsonl
+
+    write_jsonl(tmp_path / "in.jsonl", _rollouts(tiny_tokenizer))
+    smollm2_tokenizer.save_pretrained(tmp_path / "smol_tok")
+    with pytest.raises(InputError, match="tokenizer: the PRM's vocab differs"):
+        rewards.run(rewards.Args(input=str(tmp_path / "in.jsonl"), output=str(tmp_path / "out.jsonl"),
+                                 prm=str(tiny_prm_dir), tokenizer=str(tmp_path / "smol_tok")))
+    three = AutoModelForTokenClassification.from_pretrained(tiny_prm_dir, num_labels=3, ignore_mismatched_sizes=True)
+    three.save_pretrained(tmp_path / "prm3")
+    tiny_tokenizer.save_pretrained(tmp_path / "prm3")
+    proc = subprocess.run([sys.executable, str(ROOT / "rewards.py"), f"--input={tmp_path / 'in.jsonl'}",
+                           f"--output={tmp_path / 'out.jsonl'}", f"--prm={tmp_path / 'prm3'}"],
+                          capture_output=True, text=True)
+    assert proc.returncode != 0
+    last = proc.stderr.strip().splitlines()[-1]  # the CLI's one line (after transformers' load report)
+    assert last.startswith(f"error: {tmp_path / 'prm3'}: num_labels: the PRM must be a 2-class"), proc.stderr[-2000:]
+    assert not (tmp_path / "out.jsonl").exists()
