@@ -1,0 +1,604 @@
+"""PURE RL: PPO fine-tuning of a math LLM with min-form process rewards + verifiable rewards, one file, top to bottom.
+
+One step = ROLLOUT (vLLM) -> REWARDS (rewards.py: steps, PRM scores, answer grading) -> LOG-PROBS (policy and frozen
+reference) -> CREDIT (credit.pure_advantages) -> PPO UPDATE (DeepSpeed ZeRO-2) -> SYNC WEIGHTS TO vLLM -> LOG ->
+maybe CHECKPOINT. Defaults = PURE's headline run (pure_reference.md (h)).
+
+Layout: torchrun, one process per device, no Ray. Every rank holds the ZeRO-2 actor, its own colocated vLLM engine,
+and the frozen reference and PRM, which wait in host memory and visit the device only for their forward pass. Each
+rank generates its own share of the prompts (rollout_batch_size / world_size prompts x n samples). On GPU each rank
+sees only its own GPU and the engine sleeps while the trainer works (weights to host memory, KV cache freed); on CPU
+sleeping and moving are no-ops. After each update local rank 0 of every node writes the new weights once to
+/dev/shm and every engine of the node reloads them (rollout.sync_weights). GPU memory budget: README.
+
+    torchrun --nproc_per_node 8 ppo.py --model M --prm P --prompts F --output-dir D       # 8 GPUs
+    torchrun --nproc_per_node 2 ppo.py ...                                                # CPU (gloo), tiny models
+Rerunning the same command resumes from the latest complete checkpoint-<step>/.
+"""
+import hashlib
+import json
+import math
+import os
+import shutil
+import socket
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Annotated
+
+import torch
+import torch.distributed as dist
+import tyro
+
+from common import InputError, finite, plot_metrics, read_jsonl, write_jsonl
+from credit import CreditArgs, pure_advantages
+from rollout import format_prompt, generate, load_prompts, start_engine, sync_weights
+
+
+@dataclass(kw_only=True)
+class Args(CreditArgs):
+    model: str
+    """policy = reference checkpoint (PURE: Qwen2.5-Math-7B base)"""
+    prm: str
+    """PRM folder (AutoModelForTokenClassification, 2 labels), or `none` for --reward-mode VR"""
+    prompts: str
+    """prompt JSONL/JSON (PURE's 8k_math_879_answers: `question`, gold in `answer` or "null") or an HF dataset name"""
+    output_dir: str = "runs/pure"
+    """metrics.jsonl, TensorBoard events, rollouts/, checkpoint-<step>/, curves.png"""
+    kl_coef: Annotated[float, tyro.conf.arg(name="init-kl-coef")] = 0.001
+    """beta of the k1 KL penalty in the per-token reward, fixed (reference --init_kl_coef 0.001)"""
+    rollout_batch_size: int = 64
+    """prompts per RL step, over all ranks (reference 64)"""
+    n_samples_per_prompt: int = 4
+    """samples per prompt; a group = n adjacent samples (reference 4)"""
+    generate_max_len: int = 2048
+    """max new tokens per sample (reference 2048)"""
+    prompt_max_len: int = 1024
+    """prompt token budget; longer prompts keep their last tokens (reference 1024)"""
+    temperature: float = 0.5
+    """SAMPLING temperature (reference 0.5; the credit softmax temperature is --credit-temperature)"""
+    top_p: float = 1.0
+    """nucleus sampling (reference 1.0)"""
+    train_batch_size: int = 128
+    """sequences per optimizer step over all ranks: rollout 64 x 4 = 256 -> 2 optimizer steps (reference 128)"""
+    micro_train_batch_size: int = 2
+    """sequences per forward/backward per rank; the rest is gradient accumulation (reference 2)"""
+    micro_rollout_batch_size: int = 4
+    """sequences per forward of the reference model and the PRM (reference 4)"""
+    actor_learning_rate: float = 5e-7
+    """AdamW lr, constant, no warmup (reference 5e-7; betas (0.9, 0.95), weight decay 0, grad clip 1.0)"""
+    eps_clip: float = 0.2
+    """PPO ratio clip (reference 0.2)"""
+    max_steps: int = 500
+    """RL steps (reference --max_steps 500)"""
+    save_steps: int = 20
+    """checkpoint every N steps, and at the last step (reference 20)"""
+    rollouts_every: int = 10
+    """write the step's samples to rollouts/step-<N>.jsonl every N steps"""
+    seed: int = 42
+    """seed of the prompt order, the sampler and the buffer shuffle (reference 42)"""
+    gradient_checkpointing: bool = True
+    """recompute activations in the backward pass (reference on)"""
+    vllm_gpu_memory_utilization: float = 0.3
+    """GPU memory fraction of each colocated vLLM engine (weights + KV cache); ignored on CPU"""
+    grader_timeout: float = 5.0
+    """seconds per answer check (math-verify)"""
+    early_stop_zscore: float = 0.0
+    """0 = off. Else stop (after checkpointing) when KL, response length, steps per response or the process reward
+    lies more than this many standard deviations from its mean over the previous 10 steps"""
+    track: bool = False
+    """also log to Weights & Biases (TensorBoard always)"""
+    wandb_project: str = "pure"
+    """wandb project when --track"""
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Pure functions over tensors
+
+
+def ppo_loss(logp, old_logp, advantages, mask, eps_clip=0.2):
+    """Clipped PPO surrogate, per-sequence token mean then batch mean (openrlhf/models/loss.py PolicyLoss).
+
+    logp, old_logp, advantages [b, T] float; mask [b, T] bool (action tokens). Returns (loss, ratio_mean, clip_frac).
+      ratio_t = exp(log pi_theta - log pi_old);  l_t = -min(ratio_t A_t, clip(ratio_t, 1-eps, 1+eps) A_t)
+      loss    = mean_i ( sum_t l_it m_it / sum_t m_it )
+    """
+    m = mask.float()  # [b, T]
+    ratio = (logp - old_logp).exp()  # [b, T]
+    surr = torch.min(ratio * advantages, ratio.clamp(1 - eps_clip, 1 + eps_clip) * advantages)  # [b, T]
+    loss = ((-surr * m).sum(-1) / m.sum(-1).clamp(min=1)).mean()  # per-sequence token mean, then batch mean
+    ratio_mean = (ratio * m).sum() / m.sum()
+    if ratio_mean > 10:  # QUIRK (reference): a micro-batch whose mean ratio exceeds 10 contributes zero loss
+        loss = loss * 0
+    clip_frac = (((ratio - 1).abs() > eps_clip).float() * m).sum() / m.sum()
+    return loss, ratio_mean.detach(), clip_frac.detach()
+
+
+def pad_batch(samples, pad_id, device):
+    """Left-pad prompts, right-pad responses (reference layout, EM:1064-1086).
+    Returns input_ids [b, P+T], attention_mask [b, P+T], position_ids [b, P+T], T (longest response)."""
+    P = max(len(s["prompt_ids"]) for s in samples)
+    T = max(len(s["response_ids"]) for s in samples)
+    ids, att = [], []
+    for s in samples:
+        p, r = s["prompt_ids"], s["response_ids"]
+        ids.append([pad_id] * (P - len(p)) + p + r + [pad_id] * (T - len(r)))
+        att.append([0] * (P - len(p)) + [1] * (len(p) + len(r)) + [0] * (T - len(r)))
+    ids, att = torch.tensor(ids, device=device), torch.tensor(att, device=device)  # [b, P+T]
+    pos = (att.cumsum(-1) - 1).clamp(min=0)  # [b, P+T] positions start at 0 on the first real token, as in vLLM
+    return ids, att, pos, T
+
+
+def response_logprobs(model, samples, pad_id, device):
+    """log pi(y_t | x, y_<t) of every response token (raw logits, no temperature), 0 on padding. -> [b, T] fp32."""
+    ids, att, pos, T = pad_batch(samples, pad_id, device)
+    logits = model(input_ids=ids, attention_mask=att, position_ids=pos, logits_to_keep=T + 1,
+                   use_cache=False).logits[:, :-1]  # [b, T, V] logits predicting each response token
+    logp = torch.log_softmax(logits.float(), -1).gather(-1, ids[:, -T:, None])[..., 0]  # [b, T]
+    return logp * att[:, -T:]
+
+
+def repetition(ids, n=4):
+    """Share of repeated n-grams in a response: 1 - distinct/total (0 = none; -> 1 for a loop)."""
+    grams = [tuple(ids[i:i + n]) for i in range(len(ids) - n + 1)]
+    return 1 - len(set(grams)) / len(grams) if grams else 0.0
+
+
+def sudden_jump(history, row, keys, zscore, window=10):
+    """The first key whose value in `row` lies more than `zscore` std from its mean over the last `window` rows."""
+    for key in keys:
+        past = [h[key] for h in history[-window:] if finite(h.get(key))]
+        if len(past) == window and finite(row.get(key)):
+            mean = sum(past) / window
+            std = math.sqrt(sum((x - mean) ** 2 for x in past) / window)
+            if abs(row[key] - mean) > zscore * max(std, 1e-6):
+                return key
+    return None
+
+
+def prompt_indices(step, n_prompts, batch, seed):
+    """Global prompt indices of RL step `step` (1-based): epoch e walks randperm(seed + e), drop_last, so the
+    order is a function of (seed, step) alone and a resumed run draws exactly the prompts it would have drawn."""
+    per_epoch = n_prompts // batch
+    epoch, pos = divmod(step - 1, per_epoch)
+    perm = torch.randperm(n_prompts, generator=torch.Generator().manual_seed(seed + epoch))
+    return perm[pos * batch:(pos + 1) * batch].tolist()
+
+
+def latest_checkpoint(out):
+    """(step, folder) of the newest complete checkpoint-<step>/ (trainer_state.json written last), or (0, None)."""
+    done = [(json.loads((d / "trainer_state.json").read_text())["step"], d)
+            for d in out.glob("checkpoint-*") if (d / "trainer_state.json").is_file()]
+    return max(done) if done else (0, None)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Setup
+
+
+def setup_distributed():
+    """torchrun env (or a single process); GPU: each rank sees only its own device (vLLM and the trainer share it)."""
+    if "RANK" not in os.environ:  # plain `python ppo.py`: a world of one
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
+                              MASTER_PORT=str(s.getsockname()[1]))
+    if shutil.which("nvidia-smi"):  # GPU-only: the rank (and its vLLM engine) sees just its own GPU, as cuda:0
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        gpus = visible.split(",") if visible else [str(i) for i in range(int(os.environ.get("LOCAL_WORLD_SIZE", 1)))]
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpus[int(os.environ["LOCAL_RANK"])]
+    import deepspeed
+
+    cuda = torch.cuda.is_available()
+    deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo")
+    device = torch.device("cuda" if cuda else "cpu")
+    return dist.get_rank(), dist.get_world_size(), int(os.environ["LOCAL_RANK"]), device
+
+
+def check_inputs(args):
+    """Everything that can be wrong with the input, checked before any model loads -> (prompts, tokenizer, PRM
+    tokenizer or None). Raises InputError (one line)."""
+    from transformers import AutoTokenizer
+
+    prompts = load_prompts(args.prompts)
+    R, n, n_prompts = args.rollout_batch_size, args.n_samples_per_prompt, len(prompts)
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    checks = [(R % world == 0, f"--rollout-batch-size {R} must be divisible by the {world} ranks"),
+              (R * n % args.train_batch_size == 0, f"rollout {R}x{n} must be a multiple of --train-batch-size"),
+              (args.train_batch_size % (args.micro_train_batch_size * world) == 0,
+               "--train-batch-size must be a multiple of --micro-train-batch-size x ranks"),
+              (n >= 2, "--n-samples-per-prompt must be >= 2 (leave-one-out baselines)"),
+              (n_prompts >= R, f"{args.prompts}: {n_prompts} prompts, fewer than --rollout-batch-size {R}"),
+              (("PRM" in args.reward_mode) == (args.prm != "none"),
+               f"--reward-mode {args.reward_mode} with --prm {args.prm}: PRM modes need a PRM, VR needs `none`")]
+    for ok, msg in checks:
+        if not ok:
+            raise InputError("arguments", None, None, msg)
+    tok = AutoTokenizer.from_pretrained(args.model)
+    if args.prm == "none":
+        return prompts, tok, None
+    prm_tok = AutoTokenizer.from_pretrained(args.prm)
+    if prm_tok.get_vocab() != tok.get_vocab():  # the PRM reads the policy's token ids as they are (EM:825-870)
+        raise InputError(args.prm, None, "tokenizer", f"PRM tokenizer differs from the policy's ({args.model})")
+    return prompts, tok, prm_tok
+
+
+def load_models(args, device, tok):
+    """Actor (trainable), frozen reference, frozen PRM (or None), all on the CPU. bf16 on GPU, fp32 on CPU."""
+    from transformers import AutoModelForCausalLM, AutoModelForTokenClassification
+
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    actor = AutoModelForCausalLM.from_pretrained(args.model, dtype=dtype)
+    if args.gradient_checkpointing:
+        actor.gradient_checkpointing_enable()
+    if len(tok) > actor.config.vocab_size:
+        raise InputError(args.model, None, "vocab_size",
+                         f"the tokenizer has {len(tok)} tokens, the model {actor.config.vocab_size}")
+    # Frozen models wait in host memory and visit the device only for their forward pass (no-op on CPU).
+    ref = AutoModelForCausalLM.from_pretrained(args.model, dtype=dtype).eval().requires_grad_(False)
+    if args.prm == "none":
+        return actor, ref, None
+    prm = AutoModelForTokenClassification.from_pretrained(args.prm, dtype=dtype).eval().requires_grad_(False)
+    return actor, ref, prm
+
+
+def ds_config(args, cuda):
+    """ZeRO-2: every rank keeps full bf16 weights (trivial weight sync), optimizer state and gradients sharded."""
+    return {"train_batch_size": args.train_batch_size, "train_micro_batch_size_per_gpu": args.micro_train_batch_size,
+            "gradient_clipping": 1.0, "zero_optimization": {"stage": 2}, "bf16": {"enabled": cuda},
+            "steps_per_print": 10**9}
+
+
+def save_checkpoint(engine, tok, out, step, rank):
+    """checkpoint-<step>/: HF weights + tokenizer (AutoModelForCausalLM-loadable), DeepSpeed state (optimizer) in
+    ds/, trainer_state.json (step; prompt order, sampling seeds and shuffles derive from seed + step). Written to a
+    temporary folder and renamed, so a kill never leaves a half checkpoint that resume would pick."""
+    final, tmp = out / f"checkpoint-{step}", out / f".checkpoint-{step}.tmp"
+    if rank == 0:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    dist.barrier()
+    engine.save_checkpoint(str(tmp), tag="ds")
+    if rank == 0:
+        engine.module.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        (tmp / "trainer_state.json").write_text(json.dumps({"step": step}))
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+    dist.barrier()
+
+
+def buffer_tensors(samples, counts, scores):
+    """Right-padded [B, T] tensors of the buffer (T = longest response): action_mask (every generated token, EOS
+    included), step_end (terminal token of each step; the last at the final token), process_rewards (p_k on step
+    k's terminal token, 0 elsewhere; all 0 without a PRM), vllm_logp (the sampler's log-probs)."""
+    B, T = len(samples), max(len(s["response_ids"]) for s in samples)
+    action_mask, step_end = torch.zeros(B, T, dtype=torch.bool), torch.zeros(B, T, dtype=torch.bool)
+    process_rewards, vllm_logp = torch.zeros(B, T), torch.zeros(B, T)
+    for i, s in enumerate(samples):
+        L = len(s["response_ids"])
+        ends = torch.tensor(counts[i]).cumsum(0) - 1  # [K] the last one is L - 1
+        action_mask[i, :L], step_end[i, ends] = True, True
+        vllm_logp[i, :L] = torch.tensor(s["logprobs"])
+        if scores is not None:
+            process_rewards[i, ends] = torch.tensor(scores[i], dtype=torch.float32)
+    return action_mask, step_end, process_rewards, vllm_logp
+
+
+def gather(obj, world):
+    objs = [None] * world
+    dist.all_gather_object(objs, obj)
+    return [x for o in objs for x in o]
+
+
+class Stop(Exception):
+    """A clean, reported stop (non-finite values) on every rank."""
+
+
+def all_ranks_ok(ok, device):
+    flag = torch.tensor([1.0 if ok else 0.0], device=device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+    return flag.item() == 1.0
+
+
+def buffer_logprobs(model, samples, T, micro, pad_id, device):
+    """response_logprobs over the whole buffer in micro-batches, no grad. -> [B, T] fp32 on the CPU. A frozen model
+    kept in host memory visits `device` only for this (no-op on CPU)."""
+    model.to(device).eval()
+    logp = torch.zeros(len(samples), T)  # [B, T]
+    with torch.no_grad():
+        for j in range(0, len(samples), micro):
+            lp = response_logprobs(model, samples[j:j + micro], pad_id, device)  # [b, Tb]
+            logp[j:j + lp.shape[0], :lp.shape[1]] = lp.float().cpu()
+    return logp
+
+
+def ppo_update(engine, samples, old_logp, advantages, action_mask, args, pad_id, device, generator):
+    """One PPO epoch over the shuffled buffer in micro-batches; DeepSpeed steps the optimizer (grad clip 1.0) every
+    train_batch_size / world sequences. -> per-micro-batch means [loss, ratio, clip_frac, zeroed]."""
+    engine.train()
+    order = torch.randperm(len(samples), generator=generator)  # the reference shuffles its replay buffer
+    stats = []
+    for j in range(0, len(samples), args.micro_train_batch_size):
+        mb = order[j:j + args.micro_train_batch_size]
+        logp = response_logprobs(engine, [samples[i] for i in mb], pad_id, device)  # [b, Tb]
+        Tb = logp.shape[1]
+        loss, ratio, clip_frac = ppo_loss(logp, old_logp[mb, :Tb].to(device), advantages[mb, :Tb].to(device),
+                                          action_mask[mb, :Tb].to(device), args.eps_clip)
+        if not all_ranks_ok(bool(loss.isfinite()), device):
+            raise Stop("non-finite PPO loss")
+        engine.backward(loss)  # DeepSpeed divides by the gradient-accumulation steps
+        engine.step()  # a no-op except at accumulation boundaries
+        stats.append([loss.item(), ratio.item(), clip_frac.item(), float(ratio.item() > 10)])
+    return torch.tensor(stats, dtype=torch.float64).mean(0)  # [4]
+
+
+def sample_records(samples, prompts, idx, golds, grades, counts, scores, first_position):
+    """One loggable dict per sample (rollouts/step-<N>.jsonl and the metrics)."""
+    return [{"prompt": format_prompt(prompts[idx[s["prompt_index"]]]["question"]),
+             "prompt_position": first_position + s["prompt_index"], "response": s["response_text"],
+             "gold": golds[i], "correct": grades[i]["correct"], "extracted": grades[i]["extracted"],
+             "length": len(s["response_ids"]), "steps": len(counts[i]), "finish_reason": s["finish_reason"],
+             "repetition": repetition(s["response_ids"]), "prm_scores": scores[i] if scores is not None else None}
+            for i, s in enumerate(samples)]
+
+
+def open_logs(args, out, start):
+    """Rank 0: TensorBoard (+ wandb with --track) and metrics.jsonl cut back to the resumed step -> (writer, rows)."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    if (out / "metrics.jsonl").is_file():  # rows logged after the checkpoint we resume from are dropped
+        rows = [r for _, r in read_jsonl(out / "metrics.jsonl") if r["step"] <= start]
+        write_jsonl(out / "metrics.jsonl", rows)
+    if args.track:
+        import wandb
+
+        wandb.init(project=args.wandb_project, config=asdict(args), sync_tensorboard=True, resume="allow")
+    return SummaryWriter(out / "tb"), rows
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The loop
+
+
+def start_run(args):
+    """Inputs checked, ranks joined, vLLM engine, models and DeepSpeed ready, resumed from the latest checkpoint.
+    -> run state (a namespace the phases below share)."""
+    import deepspeed
+
+    from rewards import separator_token_ids
+
+    prompts, tok, prm_tok = check_inputs(args)
+    rank, world, local_rank, device = setup_distributed()
+    out = Path(args.output_dir)
+    start, resume_dir = latest_checkpoint(out)
+    cuda = device.type == "cuda"
+    # vLLM ENGINE: colocated, one per rank, starts from the resumed weights
+    llm = start_engine(resume_dir or args.model, seed=args.seed + rank, dtype="bfloat16" if cuda else "float32",
+                       max_model_len=args.prompt_max_len + args.generate_max_len,
+                       gpu_memory_utilization=args.vllm_gpu_memory_utilization,
+                       **({"enable_sleep_mode": True} if cuda else {}))
+    if cuda:
+        llm.sleep(level=1)  # free the GPU for the trainer's models; wake_up() before each rollout
+    sync_dir = Path("/dev/shm" if Path("/dev/shm").is_dir() else "/tmp") / (
+        "pure_sync_" + hashlib.md5(str(out.resolve()).encode()).hexdigest()[:10])
+    # MODELS
+    actor, ref, prm = load_models(args, device, tok)
+    vllm_vocab = llm.llm_engine.model_config.get_vocab_size()
+    if vllm_vocab != actor.config.vocab_size:
+        raise InputError(args.model, None, "vocab_size",
+                         f"vLLM has {vllm_vocab} tokens, the trainer {actor.config.vocab_size}")
+    optimizer = torch.optim.AdamW(actor.parameters(), lr=args.actor_learning_rate, betas=(0.9, 0.95), weight_decay=0.0)
+    engine, *_ = deepspeed.initialize(model=actor, optimizer=optimizer, config=ds_config(args, cuda),
+                                      args=SimpleNamespace(device_rank=0) if cuda else None)  # our GPU is cuda:0
+    if resume_dir is not None:
+        engine.load_checkpoint(str(resume_dir), tag="ds")  # weights + optimizer state
+    writer, history = open_logs(args, out, start) if rank == 0 else (None, [])
+    R_local = args.rollout_batch_size // world
+    if rank == 0:
+        print(f"{'resuming after' if start else 'starting at'} step {start}: {world} ranks x {R_local} prompts x "
+              f"{args.n_samples_per_prompt} samples, micro-batches of {args.micro_train_batch_size}", flush=True)
+    return SimpleNamespace(args=args, prompts=prompts, tok=tok, prm_tok=prm_tok, rank=rank, world=world,
+                           local_rank=local_rank, device=device, cuda=cuda, out=out, start=start, R_local=R_local,
+                           llm=llm, sync_dir=sync_dir, engine=engine, ref=ref, prm=prm,
+                           sep_ids=separator_token_ids(tok), writer=writer, history=history)
+
+
+def rollout_and_rewards(s, step):
+    """ROLLOUT this rank's share of the step's prompts (n adjacent samples each), then REWARDS: steps (split at
+    "\n\n"-ending tokens), PRM score p_k per step, answer grades. -> (idx, samples, golds, counts, grades, scores)."""
+    from rewards import grade_many, prm_scores, split_steps
+
+    args, n = s.args, s.args.n_samples_per_prompt
+    idx = prompt_indices(step, len(s.prompts), args.rollout_batch_size, args.seed)
+    idx = idx[s.rank * s.R_local:(s.rank + 1) * s.R_local]
+    if s.cuda:
+        s.llm.wake_up()
+    samples = generate(s.llm, [format_prompt(s.prompts[i]["question"]) for i in idx], n=n,
+                       temperature=args.temperature, top_p=args.top_p, max_tokens=args.generate_max_len,
+                       max_prompt_len=args.prompt_max_len,
+                       seed=args.seed + ((step - 1) * args.rollout_batch_size + s.rank * s.R_local) * n)
+    if s.cuda:
+        s.llm.sleep(level=1)
+    golds = [s.prompts[idx[x["prompt_index"]]]["answer"] for x in samples]
+    s.t["gen"] = time.time()
+    counts = [split_steps(x["response_ids"], s.sep_ids) for x in samples]
+    grades = grade_many([x["response_text"] for x in samples], golds, timeout=args.grader_timeout)
+    scores = None  # list of K_i floats p_k per response
+    if s.prm is not None:
+        scores = prm_scores(s.prm.to(s.device), s.prm_tok, [x["prompt_ids"] for x in samples],
+                            [x["response_ids"] for x in samples], counts, batch_size=args.micro_rollout_batch_size)
+        s.prm.to("cpu")
+    return idx, samples, golds, counts, grades, scores
+
+
+def rl_step(s, step):
+    """One RL step on this rank: ROLLOUT -> REWARDS -> LOG-PROBS -> CREDIT -> PPO UPDATE -> SYNC WEIGHTS TO vLLM.
+    -> (per-sample records, sums, maxes) for log_step (see step_metrics for the last two)."""
+    args, device, pad = s.args, s.device, s.tok.pad_token_id
+    s.t = {"start": time.time()}
+    idx, samples, golds, counts, grades, scores = rollout_and_rewards(s, step)
+    has_gold = torch.tensor([g is not None for g in golds])  # [B]
+    # [B] solved = 1 when there is no gold answer, as in the reference (EM:1118-1129); VR ignores those rows
+    solved = torch.tensor([1.0 if g["correct"] is None else float(g["correct"]) for g in grades])
+    action_mask, step_end, process_rewards, vllm_logp = buffer_tensors(samples, counts, scores)  # [B, T] each
+    if not all_ranks_ok(bool(process_rewards.isfinite().all()), device):
+        raise Stop(f"step {step}: non-finite PRM score")
+    s.t["prm"] = time.time()
+
+    # LOG-PROBS: policy before the update (pi_old, recomputed by the trainer) and frozen reference
+    T, micro = action_mask.shape[1], args.micro_rollout_batch_size
+    old_logp = buffer_logprobs(s.engine.module, samples, T, micro, pad, device)  # [B, T]
+    ref_logp = buffer_logprobs(s.ref, samples, T, micro, pad, device)  # [B, T]
+    s.ref.to("cpu")
+    logratio = (old_logp - ref_logp) * action_mask  # [B, T] k1 KL estimate per token
+    s.t["ref"] = time.time()
+
+    # CREDIT: min-form process returns + RLOO baselines + VR + KL, whitened over all ranks (on the device: NCCL)
+    advantages, returns, info = pure_advantages(
+        process_rewards, step_end, action_mask, solved, has_gold, logratio, args.n_samples_per_prompt,
+        credit=args.credit, temperature=args.credit_temperature, baseline=args.baseline,
+        reward_mode=args.reward_mode, vr_coef=args.vr_coef, kl_coef=args.kl_coef,
+        mask_separators=args.mask_separators, normalize=args.normalize, all_reduce=all_reduce_on(device))
+    if not all_ranks_ok(bool(advantages.isfinite().all()), device):
+        raise Stop(f"step {step}: non-finite advantages")
+
+    # PPO UPDATE: shuffled buffer, micro-batches, one optimizer step per train batch
+    shuffle = torch.Generator().manual_seed(args.seed * 100_003 + step * 1_009 + s.rank)
+    stats = ppo_update(s.engine, samples, old_logp, advantages, action_mask, args, pad, device, shuffle)
+    s.t["train"] = time.time()
+
+    # SYNC WEIGHTS TO vLLM: local rank 0 writes /dev/shm once per node, every engine reloads
+    dist.barrier()
+    if s.cuda:
+        s.llm.wake_up()
+    sync_weights(s.llm, s.engine.module.state_dict() if s.local_rank == 0 else None, s.sync_dir, barrier=dist.barrier)
+    if s.cuda:
+        s.llm.sleep(level=1)
+    s.t["sync"] = time.time()
+
+    per_sample = sample_records(samples, s.prompts, idx, golds, grades, counts, scores,
+                                (step - 1) * args.rollout_batch_size + s.rank * s.R_local)
+    vllm_diff = (vllm_logp - old_logp).abs() * action_mask  # [B, T]
+    sums = torch.tensor([action_mask.sum().item(), logratio.sum().item(), vllm_diff.sum().item(), *stats.tolist(),
+                         info["reward"], info.get("whiten_std", float("nan"))], dtype=torch.float64)
+    maxes = torch.tensor([vllm_diff.max().item()] + [s.t[k] - s.t[p] for p, k in
+                                                     zip(["start", "gen", "prm", "ref", "train"],
+                                                         ["gen", "prm", "ref", "train", "sync"])])
+    return per_sample, sums, maxes
+
+
+def all_reduce_on(device):
+    """A sum all-reduce for credit.py that moves its tensor to `device` and back (NCCL only reduces GPU tensors)."""
+    def reduce(x):
+        y = x.to(device)
+        dist.all_reduce(y)
+        x.copy_(y)
+    return reduce
+
+
+def log_step(s, step, per_sample, sums, maxes):
+    """LOG: reduce over ranks; rank 0 writes metrics.jsonl, TensorBoard, rollouts/ and checks the early-stop rule.
+    -> the name of the metric that jumped (early stop), or None, on every rank."""
+    args = s.args
+    sums, maxes = sums.to(s.device), maxes.to(s.device)
+    dist.all_reduce(sums)
+    dist.all_reduce(maxes, op=dist.ReduceOp.MAX)  # a phase lasts as long as its slowest rank
+    per_sample = gather(per_sample, s.world)
+    jump = [None]
+    if s.rank == 0:
+        row = step_metrics(step, args, per_sample, sums.tolist(), maxes.tolist(), s.world)
+        for k, v in row.items():
+            if finite(v):
+                s.writer.add_scalar(k, v, step)
+        with open(s.out / "metrics.jsonl", "a", encoding="utf-8") as f:
+            f.write(json.dumps(row) + "\n")
+        if step % args.rollouts_every == 0:
+            write_jsonl(s.out / "rollouts" / f"step-{step}.jsonl", per_sample)
+        print(f"step {step}: reward {row['reward/combined']:.3f} solved {row['solved']} kl {row['kl']:.2e} "
+              f"len {row['response_length']:.0f} ({row['time/step']:.1f}s)", flush=True)
+        if args.early_stop_zscore > 0:
+            jump[0] = sudden_jump(s.history, row, EARLY_STOP_KEYS, args.early_stop_zscore)
+        s.history.append(row)
+    dist.broadcast_object_list(jump, src=0)
+    return jump[0]
+
+
+def main(args):
+    s = start_run(args)
+    for step in range(s.start + 1, args.max_steps + 1):
+        jump = log_step(s, step, *rl_step(s, step))
+        if step % args.save_steps == 0 or step == args.max_steps or jump:  # CHECKPOINT
+            save_checkpoint(s.engine, s.tok, s.out, step, s.rank)
+        if jump:
+            if s.rank == 0:
+                print(f"early stop at step {step}: sudden jump in {jump}", flush=True)
+            break
+    if s.rank == 0:
+        plot_metrics(s.out / "metrics.jsonl", s.out / "curves.png", PLOT_KEYS)
+        s.writer.close()
+    if s.local_rank == 0:
+        shutil.rmtree(s.sync_dir, ignore_errors=True)
+    dist.barrier()
+
+
+EARLY_STOP_KEYS = ["kl", "response_length", "steps_per_response", "reward/process"]
+PLOT_KEYS = ["reward/combined", "reward/process", "reward/verifiable", "solved", "prm_vr_agreement", "kl",
+             "clip_frac", "response_length", "steps_per_response", "tokens_per_step", "repetition",
+             "logprob_diff_vllm/mean", "time/step"]
+
+
+def step_metrics(step, args, per_sample, sums, maxes, world):
+    """One metrics.jsonl row from the gathered samples, the all-reduced sums [action tokens, sum kl, sum |vLLM -
+    trainer log-prob|, loss, ratio, clip_frac, zeroed micro-batches, process reward, advantage std] (the last six are
+    per-rank means, summed) and the all-reduced maxima [max |vLLM - trainer log-prob|, seconds of gen, prm, ref,
+    train, sync]."""
+    def mean(xs):
+        xs = [x for x in xs if finite(x)]
+        return sum(xs) / len(xs) if xs else None
+
+    answered = [s for s in per_sample if s["gold"] is not None]
+    graded = [s for s in answered if s["correct"] is not None]
+    tokens = sum(s["length"] for s in per_sample)
+    verifiable = mean([float(s["correct"]) - 1 for s in graded])
+    process = sums[7] / world if "PRM" in args.reward_mode else 0.0
+    agree = [(min(s["prm_scores"]) > 0) == s["correct"] for s in graded if s["prm_scores"]]
+    row = {
+        "step": step, "prompts_seen": step * args.rollout_batch_size,
+        "reward/process": process, "reward/verifiable": verifiable,
+        "reward/combined": process + args.vr_coef * sum(float(s["correct"]) - 1 for s in graded) / len(per_sample),
+        "solved": mean([float(s["correct"]) for s in graded]), "answered_frac": len(answered) / len(per_sample),
+        "prm_vr_agreement": mean([float(a) for a in agree]),
+        "prm_min": mean([min(s["prm_scores"]) for s in per_sample if s["prm_scores"]]),
+        "kl": sums[1] / sums[0], "loss": sums[3] / world, "ratio": sums[4] / world, "clip_frac": sums[5] / world,
+        "zeroed_micro_batches": sums[6] / world, "advantage_std": sums[8] / world,
+        "logprob_diff_vllm/mean": sums[2] / sums[0], "logprob_diff_vllm/max": maxes[0],
+        "response_length": tokens / len(per_sample),
+        "response_length/correct": mean([s["length"] for s in graded if s["correct"]]),
+        "response_length/incorrect": mean([s["length"] for s in graded if not s["correct"]]),
+        "truncated_frac": mean([float(s["finish_reason"] == "length") for s in per_sample]),
+        "steps_per_response": mean([s["steps"] for s in per_sample]),
+        "tokens_per_step": mean([s["length"] / s["steps"] for s in per_sample]),
+        "repetition": mean([s["repetition"] for s in per_sample]),
+    }
+    seconds = maxes[1:]
+    row.update({f"time/{k}": v for k, v in zip(["gen", "prm", "ref", "train", "sync"], seconds)})
+    row["time/step"] = sum(seconds)
+    row["perf/gen_tokens_per_s"] = tokens / max(seconds[0], 1e-9)
+    row["perf/tokens_per_s"] = tokens / max(sum(seconds), 1e-9)
+    return {k: (v if v is None or finite(v) else None) for k, v in row.items()}
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    args = tyro.cli(Args)
+    try:
+        main(args)
+    except InputError as e:
+        sys.exit(f"error: {e}")
+    except Stop as e:  # nothing of this step was saved: the newest checkpoint is the last good one
+        sys.exit(f"error: {e}; stopped, last good checkpoint: {latest_checkpoint(Path(args.output_dir))[1] or 'none yet'}")

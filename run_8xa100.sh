@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# The whole PURE recipe on one node with 8 x A100-80GB (untested on GPUs here: written against the same code the
+# CPU tests run). Stages:
+#   1. PRM stage 1: train only the 2-class token head of Qwen2.5-Math-7B on PRM800K (lr 1e-4, 3 epochs)
+#   2. PRM stage 2: train the whole PRM from stage 1 (lr 1e-6, 1 epoch)
+#   3. RL: PPO with min-form process rewards + verifiable rewards (PURE-PRM+VR headline, 500 steps)
+#   4. Evaluation of the base model and of the RL checkpoints on the paper's five benchmarks (greedy)
+# Every stage resumes when rerun after a kill; a finished stage is skipped. Run: bash run_8xa100.sh
+set -euo pipefail
+
+# ---- placeholders: edit these ----
+BASE_MODEL=${BASE_MODEL:-/models/Qwen2.5-Math-7B}           # policy, reference and PRM backbone (HF folder)
+PRM_DATA=${PRM_DATA:-HuggingFaceH4/prm800k-trl-dedup}       # PRM800K in TRL stepwise format (PURE's)
+RL_PROMPTS=${RL_PROMPTS:-../shared/data/train/pure_8k_math_879_answers.jsonl}  # PURE's 8,523 prompts, 879 with gold
+OUT=${OUT:-runs/pure_8xa100}                                # everything goes under here
+NGPU=${NGPU:-8}
+EVAL_STEPS=${EVAL_STEPS:-"100 200 500"}                     # RL checkpoints to evaluate (PURE-PRM was taken at 100)
+
+export HF_HUB_OFFLINE=${HF_HUB_OFFLINE:-0} TOKENIZERS_PARALLELISM=false OMP_NUM_THREADS=${OMP_NUM_THREADS:-8}
+PRM1=$OUT/prm_stage1; PRM2=$OUT/prm_stage2; RL=$OUT/rl; EVAL=$OUT/eval
+BENCH=math500,minerva_math,olympiadbench,aime24,amc23
+
+cat <<EOF
+PURE on $NGPU GPUs; outputs under $OUT
+  1. PRM stage 1  torchrun prm_train.py --stage 1 --model $BASE_MODEL --data $PRM_DATA      -> $PRM1
+  2. PRM stage 2  torchrun prm_train.py --stage 2 --model $PRM1                             -> $PRM2
+  3. RL (PPO)     torchrun ppo.py --model $BASE_MODEL --prm $PRM2 --prompts $RL_PROMPTS     -> $RL
+                  (64 prompts x 4 samples per step, 500 steps, checkpoint every 20; one vLLM engine per GPU)
+  4. Evaluation   evaluate.py on $BENCH for the base model and RL steps: $EVAL_STEPS        -> $EVAL
+EOF
+
+run() { echo "+ $*"; "$@"; }
+
+# 1-2. PRM: 2-class token classifier, label on the "\n" after each step; ZeRO-2, bf16, global batch 128.
+[ -f "$PRM1/config.json" ] || run torchrun --standalone --nproc_per_node "$NGPU" prm_train.py \
+    --model "$BASE_MODEL" --data "$PRM_DATA" --stage 1 --output-dir "$PRM1"
+[ -f "$PRM2/config.json" ] || run torchrun --standalone --nproc_per_node "$NGPU" prm_train.py \
+    --model "$PRM1" --data "$PRM_DATA" --stage 2 --output-dir "$PRM2"
+
+# 3. RL. Defaults of ppo.py = PURE's headline run (pure_reference.md (h)): reward-mode PRMVR, credit min (T 0.1),
+#    token baseline, vr-coef 1, init-kl-coef 0.001, lr 5e-7, train batch 128 / micro 2, temperature 0.5, 2048 new
+#    tokens. Each rank: ZeRO-2 actor + frozen reference + frozen PRM + a sleeping vLLM engine (0.3 of the GPU).
+#    Rerunning resumes from the latest checkpoint-<step>/ (optimizer, step, prompt order).
+run torchrun --standalone --nproc_per_node "$NGPU" ppo.py --model "$BASE_MODEL" --prm "$PRM2" \
+    --prompts "$RL_PROMPTS" --output-dir "$RL" --max-steps 500 --save-steps 20
+
+# 4. Evaluation: greedy, PURE's template, 3000 new tokens (evaluate.py defaults), one GPU each in the background.
+i=0
+for model in "$BASE_MODEL" $(for s in $EVAL_STEPS; do echo "$RL/checkpoint-$s"; done); do
+    name=$(basename "$model")
+    [ -f "$EVAL/$name/results.json" ] && continue
+    CUDA_VISIBLE_DEVICES=$((i % NGPU)) run python evaluate.py --model "$model" --benchmarks "$BENCH" \
+        --output-dir "$EVAL/$name" &
+    i=$((i + 1))
+done
+wait
+echo "done: PRM in $PRM2, RL run in $RL (metrics.jsonl, curves.png), evaluations in $EVAL"

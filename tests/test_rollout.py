@@ -1,0 +1,126 @@
+"""rollout.py on the real vLLM CPU engine with the tiny fp32 policy: the prompt template, prompt loading, sampling
+(groups adjacent, seeds, EOS kept, sampler log-probs = the trainer's), the CLI, and the weight push (after a
+training step vLLM's log-probs of a fixed sequence equal the trainer's and differ from before). One engine for the
+whole file; the weight-push test runs last because it changes the engine's weights."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from common import InputError
+from rollout import PROMPT_TEMPLATE, format_prompt, generate, load_prompts, start_engine, sync_weights
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_format_prompt_is_the_reference_template():
+    assert format_prompt("What is 1+1?") == ('What is 1+1?\n\nPlease reason step by step with steps separated by '
+                                             '"\n\n", and put your final answer within \\boxed{}.')
+    assert "\\n" not in PROMPT_TEMPLATE  # real newlines, not backslash-n
+
+
+def test_load_prompts(tmp_path, shared_data):
+    prompts = load_prompts(shared_data / "train" / "pure_8k_math_879_answers.jsonl")
+    assert len(prompts) == 8523 and sum(p["answer"] is not None for p in prompts) == 879  # "null" -> None
+    arr = tmp_path / "p.json"  # PURE's original file is a JSON array
+    arr.write_text(json.dumps([{"question": "q1", "answer": "null"}, {"question": "q2", "answer": 27.0}]))
+    assert load_prompts(arr) == [{"question": "q1", "answer": None}, {"question": "q2", "answer": "27.0"}]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"question": "ok"}\n{"problem": "no question key"}\n')
+    with pytest.raises(InputError, match=r"bad.jsonl:2: question: missing"):
+        load_prompts(bad)
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    with pytest.raises(InputError, match="no prompts"):
+        load_prompts(empty)
+
+
+@pytest.fixture(scope="module")
+def llm(tiny_model_dir):
+    engine = start_engine(tiny_model_dir, dtype="float32", max_model_len=1024)
+    yield engine
+    engine.llm_engine.engine_core.shutdown()  # now, while pytest's log streams are still open
+
+
+def trainer_logprobs(model, prompt_ids, response_ids):
+    """log pi(y_t | x, y_<t) by a plain forward over one unpadded sequence. -> [L]"""
+    ids = torch.tensor([prompt_ids + response_ids])
+    logits = model(ids).logits[0, len(prompt_ids) - 1:-1]  # [L, V]
+    return torch.log_softmax(logits.float(), -1).gather(-1, ids[0, len(prompt_ids):, None])[:, 0]
+
+
+def test_generate_groups_seeds_logprobs_and_eos(llm, tiny_model_dir, tiny_tokenizer):
+    from transformers import AutoModelForCausalLM
+
+    prompts = [format_prompt("What is $3 \\cdot 4$?"), format_prompt("Compute $\\frac{1}{2} + \\frac{1}{3}$.")]
+    a = generate(llm, prompts, n=3, max_tokens=40, seed=1)
+    assert [s["prompt_index"] for s in a] == [0, 0, 0, 1, 1, 1]  # n samples of a prompt are adjacent
+    assert a[0]["prompt_ids"] == tiny_tokenizer.encode(prompts[0], add_special_tokens=False)
+    assert len({tuple(s["response_ids"]) for s in a}) == 6  # every sample has its own random stream
+    assert generate(llm, prompts, n=3, max_tokens=40, seed=1) == a  # reproducible from the seed
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    for s in a:
+        assert len(s["logprobs"]) == len(s["response_ids"]) >= 1
+        ref = trainer_logprobs(model, s["prompt_ids"], s["response_ids"])
+        assert torch.allclose(torch.tensor(s["logprobs"]), ref, atol=1e-4)  # raw log-probs (no temperature)
+    # EOS: the random tiny model stops on it now and then; when it does, the EOS id ends response_ids.
+    many = generate(llm, [[5, 6, 7]], n=48, temperature=1.0, max_tokens=60, seed=3)
+    stopped = [s for s in many if s["finish_reason"] == "stop"]
+    assert stopped and all(s["response_ids"][-1] == tiny_tokenizer.eos_token_id for s in stopped)
+    assert all(len(s["response_ids"]) == 60 for s in many if s["finish_reason"] == "length")
+    # Over-long prompts keep their last tokens.
+    long = generate(llm, [list(range(3, 300))], n=2, max_tokens=4, seed=0, max_prompt_len=100)
+    assert long[0]["prompt_ids"] == list(range(200, 300))
+
+
+def test_cli_writes_rollouts(tmp_path, tiny_model_dir, shared_data):
+    src = shared_data / "train" / "pure_8k_math_879_answers.jsonl"
+    rows = [json.loads(line) for line in src.read_text().splitlines()[:40]]
+    pick = [r for r in rows if r["answer"] != "null"][:1] + [r for r in rows if r["answer"] == "null"][:1]
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps(r) + "\n" for r in pick))
+    out = tmp_path / "rollouts.jsonl"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "VLLM_CPU_KVCACHE_SPACE": "1"}
+    subprocess.run([sys.executable, "rollout.py", "--model", str(tiny_model_dir), "--prompts", str(prompts),
+                    "--output", str(out), "--n-samples-per-prompt", "2", "--generate-max-len", "16"],
+                   cwd=ROOT, env=env, check=True, capture_output=True, timeout=300)
+    got = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["group"] for r in got] == [0, 0, 1, 1]
+    assert got[0]["gold"] == pick[0]["answer"] and got[2]["gold"] is None
+    assert got[0]["prompt"] == format_prompt(pick[0]["question"])
+    for r in got:
+        assert {"prompt_ids", "response_text", "response_ids", "logprobs", "finish_reason"} <= set(r)
+        assert len(r["logprobs"]) == len(r["response_ids"])
+
+
+def test_sync_weights_after_a_training_step(llm, tiny_model_dir, tmp_path):
+    """The test every anchor project lacked: push trained weights, then vLLM scores a fixed sequence exactly as
+    the trainer does (fp32, 1e-4) and differently from before the push. Tied embeddings: lm_head must be written."""
+    from transformers import AutoModelForCausalLM
+    from vllm import SamplingParams
+
+    seq = [5, 17, 42, 99, 7, 250, 3, 64, 128, 11]
+
+    def vllm_logprobs():
+        out = llm.generate([{"prompt_token_ids": seq}], SamplingParams(max_tokens=1, prompt_logprobs=0),
+                           use_tqdm=False)[0]
+        return torch.tensor([d[t].logprob for d, t in zip(out.prompt_logprobs[1:], seq[1:])])  # [9]
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    before = vllm_logprobs()
+    assert torch.allclose(before, trainer_logprobs(model, seq[:1], seq[1:]), atol=1e-4)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    loss = -trainer_logprobs(model, seq[:1], seq[1:]).mean()
+    loss.backward()
+    opt.step()
+    assert model.config.tie_word_embeddings  # the case where a state_dict without lm_head reloads wrong
+    sync_weights(llm, model.state_dict(), tmp_path / "sync")
+    after = vllm_logprobs()
+    with torch.no_grad():
+        expected = trainer_logprobs(model, seq[:1], seq[1:])
+    assert torch.allclose(after, expected, atol=1e-4)
+    assert (after - before).abs().max() > 1e-2
