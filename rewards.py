@@ -330,6 +330,7 @@ def _serve():
 
     logging.getLogger("math_verify").setLevel(logging.ERROR)  # "timeout is disabled" warning: limits are ours
     out, sys.stdout = sys.stdout, sys.stderr  # only protocol lines go to the real stdout
+    _check("\\boxed{\\frac{1}{2}}", "0.5")  # warm up: sympy/ANTLR imports must not count against a call's timeout
     out.write("ready\n")
     out.flush()
     for line in sys.stdin:

@@ -62,6 +62,11 @@ def start_engine(model, *, seed=42, max_model_len=3072, dtype="auto", gpu_memory
 
     if not torch.cuda.is_available():  # CPU backend: no CUDA graphs; KV cache size comes from VLLM_CPU_KVCACHE_SPACE
         kw.setdefault("enforce_eager", True)
+        ranks = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+        if ranks > 1:  # vLLM's "auto" binding pins every rank's engine to the same first core: give each its own
+            cores, rank = sorted(os.sched_getaffinity(0)), int(os.environ["LOCAL_RANK"])
+            mine = cores[rank * len(cores) // ranks:(rank + 1) * len(cores) // ranks] or cores
+            os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", ",".join(map(str, mine)))
     return LLM(model=str(model), seed=seed, max_model_len=max_model_len, dtype=dtype,
                gpu_memory_utilization=gpu_memory_utilization, **kw)
 

