@@ -20,6 +20,7 @@ TRL's stepwise format (prompt, completions: list[str], labels: list[bool]), or a
 "stepwise-critique" file (see prm800k_examples for the rating -> label rule and how examples are built).
 """
 import json
+import math
 import os
 import shutil
 import sys
@@ -514,8 +515,15 @@ def processbench_f1(preds, labels):
 
 
 def step_metrics(p_good, labels, threshold=0.5):
-    """Step-level accuracy and F1 (for the bad class, i.e. error detection, and for the good class)."""
+    """Step-level accuracy, F1 (for the bad class, i.e. error detection, and for the good class), and the log loss
+    (the training loss) beside that of the best constant predictor P(good) = good_fraction: a PRM that learnt
+    anything beats the constant."""
     pred = [p >= threshold for p in p_good]
+    q = sum(labels) / len(labels)  # good fraction
+    p = torch.tensor(p_good, dtype=torch.float64).clamp(1e-7, 1 - 1e-7)  # [N]
+    y = torch.tensor(labels, dtype=torch.float64)  # [N]
+    log_loss = -(y * p.log() + (1 - y) * (1 - p).log()).mean().item()
+    constant = -(q * math.log(q) + (1 - q) * math.log(1 - q)) if 0 < q < 1 else 0.0
 
     def f1(cls):
         tp = sum(p == cls and y == cls for p, y in zip(pred, labels))
@@ -524,7 +532,8 @@ def step_metrics(p_good, labels, threshold=0.5):
         return 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else None
 
     return {"accuracy": sum(p == y for p, y in zip(pred, labels)) / len(labels), "f1_bad": f1(False),
-            "f1_good": f1(True), "good_fraction": sum(labels) / len(labels), "n_steps": len(labels)}
+            "f1_good": f1(True), "good_fraction": q, "log_loss": log_loss, "log_loss_constant": constant,
+            "n_steps": len(labels)}
 
 
 def best_of_n(p_good_per_response, correct, answers, seed=0):

@@ -193,6 +193,8 @@ def test_step_metrics_and_best_of_n_hand_computed():
     m = pt.step_metrics([0.9, 0.2, 0.6, 0.4], [True, False, False, True])
     # preds good,bad,good,bad; bad class: tp 1 (idx1), fp 1 (idx3), fn 1 (idx2) -> F1 0.5
     assert m["accuracy"] == 0.5 and m["f1_bad"] == pytest.approx(0.5) and m["f1_good"] == pytest.approx(0.5)
+    # log loss: -(ln .9 + ln .8 + ln .4 + ln .4) / 4 = 0.5403; constant P(good) = 1/2 -> ln 2
+    assert m["log_loss"] == pytest.approx(0.540271, abs=1e-6) and m["log_loss_constant"] == pytest.approx(0.693147)
     probs = [[[0.6, 0.99], [0.7, 0.8], [0.65]],  # min: .6 .7 .65 -> #2; product: .594 .56 .65 -> #3; last -> #1
              [[0.3, 0.95], [0.6]]]  # min and product -> #2; last -> #1
     correct = [[False, False, True], [True, False]]
