@@ -28,7 +28,7 @@ from common import export_smollm2, write_jsonl  # noqa: E402
 @dataclass
 class Args:
     model: str | None = None
-    """SmolLM2-135M folder (default: exported once to .cache/smollm2)"""
+    """SmolLM2-135M folder (default: exported once to .cache/smollm2-135m)"""
     steps: int = 4
     """optimizer steps timed per mode (after one warm-up step)"""
     batch: int = 4
@@ -77,7 +77,7 @@ def compare(model, feats, data, out, args, checkpointing):
 
 
 def main(args):
-    args.model = str(args.model or export_smollm2(ROOT / ".cache" / "smollm2"))
+    args.model = str(args.model or export_smollm2(ROOT / ".cache" / "smollm2-135m"))
     model, tok = pt.load_prm(args.model)
     examples, _ = pt.load_examples(ROOT.parent / "shared" / "data" / "prm800k" /
                                    "phase1_test_stepwise_critique.jsonl")
