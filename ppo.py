@@ -405,7 +405,8 @@ def start_run(args):
     return SimpleNamespace(args=args, prompts=prompts, tok=tok, prm_tok=prm_tok, rank=rank, world=world,
                            local_rank=local_rank, device=device, cuda=cuda, out=out, start=start, R_local=R_local,
                            llm=llm, sync_dir=sync_dir, engine=engine, ref=ref, prm=prm,
-                           sep_ids=separator_token_ids(tok), writer=writer, history=history)
+                           sep_ids=separator_token_ids(tok), writer=writer, history=history,
+                           t={})  # t: phase end times of the current step
 
 
 def rollout_and_rewards(s, step):
