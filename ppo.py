@@ -370,8 +370,6 @@ def start_run(args):
     -> run state (a namespace the phases below share)."""
     import deepspeed
 
-    from rewards import separator_token_ids
-
     prompts, tok, prm_tok = check_inputs(args)
     rank, world, local_rank, device = setup_distributed()
     out = Path(args.output_dir)
@@ -405,13 +403,13 @@ def start_run(args):
     return SimpleNamespace(args=args, prompts=prompts, tok=tok, prm_tok=prm_tok, rank=rank, world=world,
                            local_rank=local_rank, device=device, cuda=cuda, out=out, start=start, R_local=R_local,
                            llm=llm, sync_dir=sync_dir, engine=engine, ref=ref, prm=prm,
-                           sep_ids=separator_token_ids(tok), writer=writer, history=history,
+                           writer=writer, history=history,
                            t={})  # t: phase end times of the current step
 
 
 def rollout_and_rewards(s, step):
     """ROLLOUT this rank's share of the step's prompts (n adjacent samples each), then REWARDS: steps (split at
-    "\n\n"-ending tokens), PRM score p_k per step, answer grades. -> (idx, samples, golds, counts, grades, scores)."""
+    runs of 2+ newlines), PRM score p_k per step, answer grades. -> (idx, samples, golds, counts, grades, scores)."""
     from rewards import grade_many, prm_scores, split_steps
 
     args, n = s.args, s.args.n_samples_per_prompt
@@ -427,12 +425,12 @@ def rollout_and_rewards(s, step):
         s.llm.sleep(level=1)
     golds = [s.prompts[idx[x["prompt_index"]]]["answer"] for x in samples]
     s.t["gen"] = time.time()
-    counts = [split_steps(x["response_ids"], s.sep_ids) for x in samples]
+    counts = [split_steps(x["response_ids"], s.tok) for x in samples]
     grades = grade_many([x["response_text"] for x in samples], golds, timeout=args.grader_timeout)
     scores = None  # list of K_i floats p_k per response
     if s.prm is not None:
         scores = prm_scores(s.prm.to(s.device), s.prm_tok, [x["prompt_ids"] for x in samples],
-                            [x["response_ids"] for x in samples], counts, batch_size=args.micro_rollout_batch_size)
+                            [x["response_ids"] for x in samples], batch_size=args.micro_rollout_batch_size)
         s.prm.to("cpu")
     return idx, samples, golds, counts, grades, scores
 

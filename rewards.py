@@ -8,7 +8,9 @@ process_rewards, verifiable_reward, plus extracted_answer and check_timed_out. R
 pure_reference.md (c), (f), (j).
 torch/transformers are imported inside the PRM functions so the checker's worker processes stay light.
 """
+import bisect
 import functools
+import itertools
 import math
 import os
 import re
@@ -19,55 +21,75 @@ from typing import Literal
 
 from common import InputError, prm_sequence, read_jsonl, separator_ids, write_jsonl
 
-STEP_SEPARATOR = "\n\n"  # what the policy is asked to put between steps
+STEP_RUN = re.compile(r"\n{2,}")  # what ends a step: a run of two or more newlines (the policy is asked for "\n\n")
 
 
 # ---------------------------------------------------------------------------------------------------- steps
 @functools.lru_cache(maxsize=8)
-def separator_token_ids(tokenizer) -> frozenset:
-    """Every vocab id whose decoded text ends with "\\n\\n" (reference EM:168-175): "\\n\\n" itself and merged
-    tokens like ".\\n\\n", ":\\n\\n", "\\n\\n\\n". One batched decode over the vocab (< 1 s for SmolLM2's 49k ids)."""
-    texts = tokenizer.batch_decode([[i] for i in range(len(tokenizer))])
-    return frozenset(i for i, t in enumerate(texts) if t.endswith(STEP_SEPARATOR))
+def token_texts(tokenizer) -> tuple:
+    """The decoded text of every vocab id, one batched decode (< 1 s for SmolLM2's 49k ids), cached per tokenizer."""
+    return tuple(tokenizer.batch_decode([[i] for i in range(len(tokenizer))]))
 
 
-def split_steps(response_ids, sep_ids) -> list:
-    """step_token_counts: c_k for each step, each including its terminal token (a separator, or the final token).
+def separator_runs(response_ids, tokenizer) -> list:
+    """(first, last) token index of each step separator in a response: the tokens that hold a run of two or more
+    newlines of the decoded text, one pair per token that ends such a run (sorted by last).
 
-    A step ends at every separator token and one more ends at the last response token (EOS, or the last token of
-    a truncated response), so K = #separators + 1 >= 1. When the response's last token is itself a separator,
-    that separator is the final step's end (the reference's last separator index and last action index coincide;
-    credit.py's step_end_mask holds one True there), so K = #separators. sum(counts) == len(response_ids).
+    Why on the text, not on tokens: GPT-2-style tokenizers (SmolLM2, Pythia, OLMo: split pattern `\\s+(?!\\S)|\\s+`)
+    encode "a\\n\\nb" as a, \\n, \\n, b, so no single token ends with "\\n\\n" (the reference's test, EM:168-175)
+    and every response would be one step. Qwen/Llama-3 tokenizers (`\\s*[\\r\\n]+`) keep "\\n\\n", ".\\n\\n" and
+    "\\n\\n\\n" as one token; there the last token of a run is exactly the reference's separator token. A run split
+    over several tokens ends one step, at its last token (the reference would end one step per token ending with
+    "\\n\\n" there). Linear: each token's text comes from the cached vocab table, one regex pass over their
+    concatenation (for byte-level BPE and byte-fallback SentencePiece the newlines are exactly the full decode's).
+    """
+    texts = token_texts(tokenizer)
+    pieces = [texts[t] if 0 <= t < len(texts) else "" for t in response_ids]  # ids past the vocab: no text
+    ends = list(itertools.accumulate(map(len, pieces)))  # ends[i] = char offset just past token i
+    runs = {}
+    for m in STEP_RUN.finditer("".join(pieces)):
+        last = bisect.bisect_left(ends, m.end())  # the token holding the run's last newline
+        runs[last] = bisect.bisect_right(ends, m.start())  # the token holding its first (the latest run wins)
+    return [(first, last) for last, first in sorted(runs.items())]
+
+
+def split_steps(response_ids, tokenizer) -> list:
+    """step_token_counts: c_k for each step, each including its terminal token (the last token of its separator
+    run, or the final token). sum(counts) == len(response_ids).
+
+    A step ends at every separator (separator_runs) and one more ends at the last response token (EOS, or the last
+    token of a truncated response), so K = #separators + 1 >= 1, as in the reference. When the response's last
+    token ends a separator, it is the final step's end (credit.py's step_end_mask holds one True there), so
+    K = #separators. "A.\\n\\nB\\n\\n\\nC" + EOS has 3 steps on every tokenizer; "A\\n\\nB\\n\\n" (no EOS) has 2.
     """
     if len(response_ids) == 0:
         raise ValueError("empty response: a response needs at least one token (its EOS)")
-    counts, start = [], 0
-    for i, t in enumerate(response_ids):
-        if t in sep_ids:
-            counts.append(i + 1 - start)
-            start = i + 1
-    if start < len(response_ids):
-        counts.append(len(response_ids) - start)
-    return counts
+    ends = [last for _, last in separator_runs(response_ids, tokenizer)]
+    if not ends or ends[-1] != len(response_ids) - 1:
+        ends.append(len(response_ids) - 1)
+    return [b - a for a, b in zip([-1] + ends[:-1], ends)]
 
 
 # ---------------------------------------------------------------------------------------------------- PRM
-def prm_steps(response_ids, step_counts, tokenizer=None, drop_fused_punctuation=True, drop_eos=True):
-    """Per-step PRM content ids (spec (c)2). Reference: each step's terminal token is dropped whole, so ".\\n\\n"
-    loses its "." (quirk, drop_fused_punctuation=True); False re-tokenizes the step's text with the trailing
-    newlines stripped (needs tokenizer). drop_eos=True (reference) drops the last step's final token too (its EOS,
-    or the last token of a truncated response); False keeps every token of the last step."""
-    steps, start = [], 0
-    for k, c in enumerate(step_counts):
-        ids, last = list(response_ids[start:start + c]), k == len(step_counts) - 1
-        start += c
-        if last and not drop_eos:
-            steps.append(ids)
-        elif drop_fused_punctuation or last:
-            steps.append(ids[:-1])  # n_k = c_k - 1 content tokens (EM:841-849)
+def prm_steps(response_ids, tokenizer, drop_fused_punctuation=True, drop_eos=True):
+    """Per-step PRM content ids (spec (c)2): each step without its separator, ready for common.prm_sequence,
+    which appends the PRM separator "\\n" after each step: the layout prm_train.py labels.
+
+    A step's whole separator run is dropped: every token that holds a newline of the run (on SmolLM2 both "\\n"
+    tokens). Reference quirk (drop_fused_punctuation=True): those tokens are dropped whole, so Qwen's ".\\n\\n"
+    loses its "."; False re-tokenizes the step's text with its trailing whitespace stripped. The final step, when
+    it ends without a separator (EOS, or cut off): drop_eos=True (reference) drops its final token (the EOS, or
+    the last token of a truncated response); False keeps every token."""
+    steps, start, final = [], 0, len(response_ids) - 1
+    for first, last in separator_runs(response_ids, tokenizer):
+        if drop_fused_punctuation:
+            steps.append(list(response_ids[start:max(first, start)]))
         else:
-            text = tokenizer.decode(ids).rstrip("\n")
+            text = tokenizer.decode(response_ids[start:last + 1]).rstrip()
             steps.append(tokenizer.encode(text, add_special_tokens=False))
+        start = last + 1
+    if start <= final:  # the final step, ended by the last token rather than by a separator
+        steps.append(list(response_ids[start:final + 1 - drop_eos]))
     return steps
 
 
@@ -77,10 +99,11 @@ def check_prm_head(prm_model):
         raise ValueError(f"the PRM must be a 2-class token classifier (bad, good); this one has {n} labels")
 
 
-def prm_scores(prm_model, prm_tokenizer, prompt_ids_list, response_ids_list, step_counts_list, *, batch_size=16,
+def prm_scores(prm_model, prm_tokenizer, prompt_ids_list, response_ids_list, *, batch_size=16,
                drop_fused_punctuation=True, drop_eos=True) -> list:
-    """p_k per step for each response: p_k = softmax(logits)[1] - softmax(logits)[0] = 2 P(good) - 1 (spec (c)3),
-    read at the PRM separator "\\n" that replaces step k's terminal token (common.prm_sequence layout).
+    """p_k per step (split_steps' steps) for each response: p_k = softmax(logits)[1] - softmax(logits)[0] =
+    2 P(good) - 1 (spec (c)3), read at the PRM separator "\\n" that replaces step k's separator (prm_steps,
+    common.prm_sequence layout).
 
     Batched: sequences sorted by length, right-padded with an attention mask (causal attention makes the real
     tokens' logits independent of right padding), eval mode, no_grad. Returns list[list[float]] in input order.
@@ -91,8 +114,8 @@ def prm_scores(prm_model, prm_tokenizer, prompt_ids_list, response_ids_list, ste
     prm_model.eval()
     sep = separator_ids(prm_tokenizer)
     seqs = []
-    for prompt_ids, resp, counts in zip(prompt_ids_list, response_ids_list, step_counts_list, strict=True):
-        steps = prm_steps(resp, counts, prm_tokenizer, drop_fused_punctuation, drop_eos)
+    for prompt_ids, resp in zip(prompt_ids_list, response_ids_list, strict=True):
+        steps = prm_steps(resp, prm_tokenizer, drop_fused_punctuation, drop_eos)
         seqs.append(prm_sequence(prompt_ids, steps, sep))  # (input_ids, ends)
     order = sorted(range(len(seqs)), key=lambda i: len(seqs[i][0]))
     pad = prm_tokenizer.pad_token_id if prm_tokenizer.pad_token_id is not None else 0
@@ -401,7 +424,7 @@ class Args:
     """prompt fed to the PRM: the templated RL prompt (prompt_ids, else prompt; reference quirk) or the raw
     `question` field the PRM was trained on"""
     drop_fused_punctuation: bool = True
-    """reference quirk: a step's whole terminal token is replaced by "\\n", so ".\\n\\n" loses its "." """
+    """reference quirk: a step's separator tokens are dropped whole before the PRM's "\\n", so ".\\n\\n" loses its "." """
     drop_eos: bool = True
     """reference quirk: the last step's final token (EOS) is dropped from the PRM input too"""
     dtype: Literal["bfloat16", "float32"] = "bfloat16"
@@ -454,12 +477,11 @@ def run(args):
     rows = [(n, r) for n, r in read_jsonl(args.input)]
     for n, r in rows:
         _validate(args.input, n, r, len(tok))
-    sep = separator_token_ids(tok)
-    counts = [split_steps(r["response_ids"], sep) for _, r in rows]
+    counts = [split_steps(r["response_ids"], tok) for _, r in rows]
     if args.prm == "none":
         p = [[0.0] * len(c) for c in counts]  # VR only: p_k = 0 (neutral, inside credit.py's (-1, 1))
     else:
-        p = _score_with_prm(args, tok, rows, counts)
+        p = _score_with_prm(args, tok, rows)
     golds = [None if r["gold"] == "null" else r["gold"] for _, r in rows]  # PURE's 8k file: "null" = no gold
     graded = grade_many([r["response_text"] for _, r in rows], golds, args.timeout, args.workers)
     out = []
@@ -473,7 +495,7 @@ def run(args):
           f"{sum(g['timed_out'] for g in graded)} checks timed out -> {args.output}")
 
 
-def _score_with_prm(args, tok, rows, counts):
+def _score_with_prm(args, tok, rows):
     import torch
     from transformers import AutoModelForTokenClassification, AutoTokenizer
 
@@ -487,9 +509,8 @@ def _score_with_prm(args, tok, rows, counts):
     except ValueError as e:
         raise InputError(args.prm, None, "num_labels", str(e)) from None
     prompts = [_prm_prompt_ids(args.input, n, r, prm_tok, args.prm_prompt) for n, r in rows]
-    return prm_scores(model, prm_tok, prompts, [r["response_ids"] for _, r in rows], counts,
-                      batch_size=args.batch_size, drop_fused_punctuation=args.drop_fused_punctuation,
-                      drop_eos=args.drop_eos)
+    return prm_scores(model, prm_tok, prompts, [r["response_ids"] for _, r in rows], batch_size=args.batch_size,
+                      drop_fused_punctuation=args.drop_fused_punctuation, drop_eos=args.drop_eos)
 
 
 if __name__ == "__main__":

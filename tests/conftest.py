@@ -34,6 +34,7 @@ CORPUS = [
     "Step 1: the area is $\\pi r^2 = 9\\pi$.\n\nStep 2: thus the answer is $\\boxed{9\\pi}$.\n\n",
     "Please reason step by step, and put your final answer within \\boxed{}.\n\n",
     "How many positive integers less than 100 are divisible by 3? There are 33 of them:\n\n3, 6, ..., 99.",
+    "So we get 2\n\n\nThen we get 5\n\n\n\nDone",  # "\n\n\n" and "\n\n\n\n" single tokens, as in Qwen2's vocab
 ] * 20
 
 

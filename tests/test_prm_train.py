@@ -157,10 +157,10 @@ def test_stage2_trains_everything_and_reloads_for_rewards(runs, tiny_tokenizer):
     assert len(sep) == 1
     enc = [tiny_tokenizer.encode(s, add_special_tokens=False) for s in steps]
     response = enc[0] + sep + enc[1] + sep + enc[2] + [tiny_tokenizer.eos_token_id]
-    counts = rewards.split_steps(response, rewards.separator_token_ids(tiny_tokenizer))
+    counts = rewards.split_steps(response, tiny_tokenizer)
     assert counts == [len(enc[0]) + 1, len(enc[1]) + 1, len(enc[2]) + 1]
     prompt_ids = tiny_tokenizer.encode(PROMPT, add_special_tokens=False)
-    (p,) = rewards.prm_scores(model, tiny_tokenizer, [prompt_ids], [response], [counts])
+    (p,) = rewards.prm_scores(model, tiny_tokenizer, [prompt_ids], [response])
     (p_good,) = pt.step_probs(model, tiny_tokenizer, [(PROMPT, steps)])
     assert p == pytest.approx([2 * q - 1 for q in p_good], abs=1e-6)
 

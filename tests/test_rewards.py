@@ -11,67 +11,128 @@ import pytest
 import torch
 
 import rewards
-from common import prm_sequence, separator_ids
+from common import prm_sequence, separator_ids, tokenize_prm_example
 from tests.conftest import ROOT
 
 # ------------------------------------------------------------------------------------------------ step splitting
+# (response text, its steps) written by hand from the text: a step ends at a run of two or more newlines.
+STEP_TEXTS = [
+    ("A.\n\nB\n\n\nC", ["A.", "B", "C"]),
+    ("First, compute 3.\n\nNext, add 5: 12 + 5 = 17.\n\nSo the answer is 17.",
+     ["First, compute 3.", "Next, add 5: 12 + 5 = 17.", "So the answer is 17."]),
+    ("Just one step", ["Just one step"]),
+    ("One line\nand a second line of the same step", ["One line\nand a second line of the same step"]),
+    ("We have $x = 3$:\n\nthen $y = 2$.\n\n\n\nSo $z = 5$", ["We have $x = 3$:", "then $y = 2$.", "So $z = 5$"]),
+    ("A space first. \n\nNext", ["A space first.", "Next"]),
+]
 
 
-def _pieces_ids(tok, pieces):
-    return [tok.encode(p, add_special_tokens=False) for p in pieces]
+def _steps_as_text(tok, ids, counts):
+    """The decoded text of each step, separators and EOS removed (for comparison with hand-written steps)."""
+    bounds = [sum(counts[:k]) for k in range(len(counts) + 1)]
+    return [tok.decode(ids[a:b], skip_special_tokens=True).strip() for a, b in zip(bounds, bounds[1:])]
 
 
-def test_separator_ids_match_per_token_decode(tiny_tokenizer, smollm2_tokenizer):
-    for tok in (tiny_tokenizer, smollm2_tokenizer):  # the reference's loop: decode(i).endswith("\n\n")
-        loop = {i for i in range(len(tok)) if tok.decode([i]).endswith("\n\n")}
-        assert rewards.separator_token_ids(tok) == loop and loop
-    texts = {tiny_tokenizer.decode([i]) for i in rewards.separator_token_ids(tiny_tokenizer)}
-    assert {"\n\n", ".\n\n", ":\n\n"} <= texts  # merged separators are separators
-
-
-def test_split_steps_tiny_merged_separators(tiny_tokenizer):
-    tok, eos = tiny_tokenizer, tiny_tokenizer.eos_token_id
-    sep = rewards.separator_token_ids(tok)
-    a, b = _pieces_ids(tok, ["First.\n\n", "Second.\n\n"])
-    assert tok.decode(a[-1:]) == ".\n\n"  # the "." is fused into the separator token
-    assert rewards.split_steps(a + b + [eos], sep) == [len(a), len(b), 1]
-    c = tok.encode("Third", add_special_tokens=False)
-    assert rewards.split_steps(a + c + [eos], sep) == [len(a), len(c) + 1]
-    assert rewards.split_steps(a + c, sep) == [len(a), len(c)]  # truncated: the last token ends the last step
-    assert rewards.split_steps(a + b, sep) == [len(a), len(b)]  # ends on a separator: it is the final step's end
-    one = tok.encode("Just one step", add_special_tokens=False)
-    assert rewards.split_steps(one + [eos], sep) == [len(one) + 1]  # no separator: K = 1
-    with pytest.raises(ValueError, match="empty"):
-        rewards.split_steps([], sep)
-
-
-def test_split_steps_empty_steps(tiny_tokenizer, smollm2_tokenizer):
-    for tok in (tiny_tokenizer, smollm2_tokenizer):
-        sep = rewards.separator_token_ids(tok)
-        ids = tok.encode("A.\n\n\n\nB", add_special_tokens=False) + [tok.eos_token_id]
-        counts = rewards.split_steps(ids, sep)
+@pytest.mark.parametrize("text,steps", STEP_TEXTS)
+def test_split_steps_counts_the_steps_of_the_text(text, steps, tiny_tokenizer, smollm2_tokenizer):
+    for tok in (smollm2_tokenizer, tiny_tokenizer):  # GPT-2-style and Qwen-style pre-tokenizers
+        ids = tok.encode(text, add_special_tokens=False) + [tok.eos_token_id]
+        counts = rewards.split_steps(ids, tok)
         assert sum(counts) == len(ids)
-        ends = [sum(counts[:k + 1]) - 1 for k in range(len(counts))]
-        # every step but the last ends on a token whose text ends with "\n\n"; no other token does
-        assert [i for i, t in enumerate(ids) if tok.decode([t]).endswith("\n\n")] == ends[:-1]
-    tiny = tiny_tokenizer  # "A" ".\n\n" "\n\n" "B" EOS: the "\n\n" alone is an empty step (c_k = 1, no content)
-    ids = tiny.encode("A.\n\n\n\nB", add_special_tokens=False) + [tiny.eos_token_id]
-    assert rewards.split_steps(ids, rewards.separator_token_ids(tiny)) == [2, 1, 2]
+        assert _steps_as_text(tok, ids, counts) == steps, tok.name_or_path
 
 
-def test_split_steps_smollm2(smollm2_tokenizer):
+def test_smollm2_splits_newline_pairs_into_tokens(smollm2_tokenizer):
+    """The case that made every SmolLM2 response one step: "\\n\\n" before a word is two "\\n" tokens."""
     tok = smollm2_tokenizer
-    sep = rewards.separator_token_ids(tok)
-    a, b = _pieces_ids(tok, ["x = 3:\n\n", "yy\n\n"])
-    assert tok.decode(a[-1:]) == "\n\n" or tok.decode(a[-1:]).endswith("\n\n") or tok.decode(a[-2:]) == "\n\n"
-    ids = tok.encode("Then y = 2.\n\nSo z = 5", add_special_tokens=False) + [tok.eos_token_id]
-    expected = [i for i, t in enumerate(ids) if tok.decode([t]).endswith("\n\n")] + [len(ids) - 1]
-    counts = rewards.split_steps(ids, sep)
-    assert [sum(counts[:k + 1]) - 1 for k in range(len(counts))] == expected
-    assert rewards.split_steps(b, sep) == [len(b)]
+    ids = tok.encode("A.\n\nB", add_special_tokens=False)
+    assert [tok.decode([i]) for i in ids] == ["A", ".", "\n", "\n", "B"]
+    assert rewards.split_steps(ids + [tok.eos_token_id], tok) == [4, 2]  # "A" "." "\n" "\n" | "B" EOS
+
+
+def test_split_steps_at_the_end_of_a_response(tiny_tokenizer, smollm2_tokenizer):
+    for tok in (smollm2_tokenizer, tiny_tokenizer):
+        eos, enc = tok.eos_token_id, lambda s: tok.encode(s, add_special_tokens=False)
+        # a separator at the very end (SmolLM2 makes the final "\n\n" one token): it ends the last step, K = 2 ...
+        ids = enc("A\n\nB\n\n")
+        assert _steps_as_text(tok, ids, rewards.split_steps(ids, tok)) == ["A", "B"]
+        # ... and an EOS after it is one more step of its own, with no content (reference: K = #separators + 1)
+        assert _steps_as_text(tok, ids + [eos], rewards.split_steps(ids + [eos], tok)) == ["A", "B", ""]
+        # three newlines are one separator
+        ids = enc("A\n\n\nB") + [eos]
+        assert _steps_as_text(tok, ids, rewards.split_steps(ids, tok)) == ["A", "B"]
+        # cut off inside a run (max tokens reached after one "\n"): the final token ends the last step
+        ids = enc("A\n\nB\n")
+        counts = rewards.split_steps(ids, tok)
+        assert _steps_as_text(tok, ids, counts) == ["A", "B"] and tok.decode(ids[-1:]) == "\n"
+        with pytest.raises(ValueError, match="empty"):
+            rewards.split_steps([], tok)
+
+
+# texts where both rules apply: no run of newlines split over two tokens (the tiny BPE splits "$.\n\n\n\n")
+REFERENCE_TEXTS = [t for t, _ in STEP_TEXTS if ".\n\n\n\n" not in t] + [
+    "Step 1: area.\n\nStep 2: thus.\n\n", "x:\n\ny\n\n\nz\n\n\n\nw", "Let $x$ be 1.\n\nThen $(x+1)^2 = 4$.\n\nSo it is 4."]
+
+
+def test_qwen_pattern_gives_the_reference_boundaries(tiny_tokenizer):
+    """On a Qwen-pattern tokenizer every run of newlines is one token (".\\n\\n", ":\\n\\n", "\\n\\n\\n" merged),
+    and the boundaries must be exactly the reference's: every token whose text ends with "\\n\\n" (EM:168-175),
+    plus the final token."""
+    tok = tiny_tokenizer
+    for text in REFERENCE_TEXTS:
+        ids = tok.encode(text, add_special_tokens=False) + [tok.eos_token_id]
+        reference = [i for i, t in enumerate(ids) if tok.decode([t]).endswith("\n\n")] + [len(ids) - 1]
+        counts = rewards.split_steps(ids, tok)
+        assert [sum(counts[:k + 1]) - 1 for k in range(len(counts))] == reference, text
+    assert {tok.decode([t]) for t in tok.encode("a.\n\nb:\n\nc\n\n\nd", add_special_tokens=False)} >= {
+        ".\n\n", ":\n\n", "\n\n\n"}  # the merged separators really occur
 
 
 # ------------------------------------------------------------------------------------------------ PRM
+PROMPT = "How many? Please reason step by step."
+PRM_STEPS = ["We have 3 and 4.", "So the sum is 7:", "The answer is 7."]
+
+
+@pytest.mark.parametrize("drop_fused_punctuation", [True, False])
+def test_prm_input_is_the_training_layout(drop_fused_punctuation, tiny_tokenizer, smollm2_tokenizer):
+    """rewards' PRM input for a response "S1\\n\\nS2\\n\\nS3<EOS>" is prm_train's labelled layout of the steps
+    (common.tokenize_prm_example: prompt + sum_k (S_k + "\\n")), and its score positions are the label positions.
+    Reference quirk on Qwen-pattern tokenizers: the separator token ".\\n\\n" is dropped whole, so "." is lost."""
+    for tok in (smollm2_tokenizer, tiny_tokenizer):
+        text = "\n\n".join(PRM_STEPS)
+        ids = tok.encode(text, add_special_tokens=False) + [tok.eos_token_id]
+        fused = tok.decode(tok.encode("4.\n\n", add_special_tokens=False)[-1:]) == ".\n\n"
+        assert fused == (tok is tiny_tokenizer)
+        want = ["We have 3 and 4", "So the sum is 7", "The answer is 7."] if fused and drop_fused_punctuation \
+            else PRM_STEPS
+        bos = [tok.bos_token_id] if tok.bos_token_id is not None else []
+        prompt_ids = bos + tok.encode(PROMPT, add_special_tokens=False)
+        got_ids, got_ends = prm_sequence(prompt_ids, rewards.prm_steps(ids, tok, drop_fused_punctuation),
+                                         separator_ids(tok))
+        want_ids, want_ends, labels = tokenize_prm_example(tok, PROMPT, want, [True, False, True])
+        assert (got_ids, got_ends) == (want_ids, want_ends)
+        assert [i for i, y in enumerate(labels) if y != -100] == got_ends
+
+
+def test_prm_positions_keep_the_reference_lengths_on_qwen_pattern(tiny_tokenizer):
+    """Where each separator is one token (Qwen), replacing it by "\\n" keeps the length: the "\\n" of step k sits
+    where the policy's separator token was (problem_length + score_id - 1, EM:825-870)."""
+    tok = tiny_tokenizer
+    nl = separator_ids(tok)
+    prompt = tok.encode("How many? Please reason step by step.\n\n", add_special_tokens=False)
+    for text in REFERENCE_TEXTS[:3]:
+        resp = tok.encode(text, add_special_tokens=False) + [tok.eos_token_id]
+        counts = rewards.split_steps(resp, tok)
+        ids, ends = prm_sequence(prompt, rewards.prm_steps(resp, tok), nl)
+        assert ends == [len(prompt) + sum(counts[:k + 1]) - 1 for k in range(len(counts))]
+        assert len(ids) == len(prompt) + len(resp) and all(ids[e] == nl[0] for e in ends)
+
+
+def test_prm_steps_drop_eos_option(tiny_tokenizer, smollm2_tokenizer):
+    for tok in (smollm2_tokenizer, tiny_tokenizer):
+        resp = tok.encode("First.\n\nThen", add_special_tokens=False) + [tok.eos_token_id]
+        ref, keep = rewards.prm_steps(resp, tok), rewards.prm_steps(resp, tok, drop_eos=False)
+        assert tok.decode(ref[1]) == "Then" and keep[1][-1] == tok.eos_token_id and keep[0] == ref[0]
 
 
 def _responses(tok):
@@ -81,50 +142,20 @@ def _responses(tok):
     return [tok.encode(t, add_special_tokens=False) + [eos] for t in texts[:3]] + [tok.encode(texts[3])]
 
 
-def test_prm_input_positions_line_up_with_terminal_tokens(tiny_tokenizer):
-    tok = tiny_tokenizer
-    sep = rewards.separator_token_ids(tok)
-    nl = separator_ids(tok)
-    assert len(nl) == 1
-    prompt = tok.encode("How many? Please reason step by step.\n\n", add_special_tokens=False)
-    for resp in _responses(tok):
-        counts = rewards.split_steps(resp, sep)
-        ids, ends = prm_sequence(prompt, rewards.prm_steps(resp, counts), nl)
-        # reference: the "\n" of step k sits where the policy's terminal token was (problem_length + score_id - 1)
-        assert ends == [len(prompt) + sum(counts[:k + 1]) - 1 for k in range(len(counts))]
-        assert len(ids) == len(prompt) + len(resp)
-        for k, e in enumerate(ends):
-            assert ids[e] == nl[0]
-            start = len(prompt) + sum(counts[:k])
-            assert ids[start:e] == resp[start - len(prompt):e - len(prompt)]  # content tokens unchanged
-
-
-def test_prm_steps_options(tiny_tokenizer):
-    tok = tiny_tokenizer
-    resp = tok.encode("First.\n\nThen", add_special_tokens=False) + [tok.eos_token_id]
-    counts = rewards.split_steps(resp, rewards.separator_token_ids(tok))
-    ref = rewards.prm_steps(resp, counts, tok)
-    assert tok.decode(ref[0]) == "First" and tok.decode(ref[1]) == "Then"  # "." fused in ".\n\n" is lost
-    alt = rewards.prm_steps(resp, counts, tok, drop_fused_punctuation=False, drop_eos=False)
-    assert tok.decode(alt[0]) == "First." and alt[1][-1] == tok.eos_token_id
-
-
 def test_prm_scores_batched_equals_one_at_a_time(tiny_tokenizer, tiny_prm_dir):
     from transformers import AutoModelForTokenClassification
 
     tok = tiny_tokenizer
     model = AutoModelForTokenClassification.from_pretrained(tiny_prm_dir, dtype=torch.float32).eval()
-    sep = rewards.separator_token_ids(tok)
     resps = _responses(tok)
     prompts = [tok.encode("Q?\n\n", add_special_tokens=False), tok.encode("A longer question here?")] * 2
-    counts = [rewards.split_steps(r, sep) for r in resps]
-    batched = rewards.prm_scores(model, tok, prompts, resps, counts, batch_size=3)
-    for prompt, resp, c, got in zip(prompts, resps, counts, batched):
-        ids, ends = prm_sequence(prompt, rewards.prm_steps(resp, c), separator_ids(tok))
+    batched = rewards.prm_scores(model, tok, prompts, resps, batch_size=3)
+    for prompt, resp, got in zip(prompts, resps, batched):
+        ids, ends = prm_sequence(prompt, rewards.prm_steps(resp, tok), separator_ids(tok))
         with torch.no_grad():
             logits = model(torch.tensor([ids])).logits[0]  # [T, 2], no padding
         want = [(logits[e].softmax(-1)[1] - logits[e].softmax(-1)[0]).item() for e in ends]
-        assert len(got) == len(c)
+        assert len(got) == len(rewards.split_steps(resp, tok))
         assert got == pytest.approx(want, abs=1e-5)
         assert all(-1 < p < 1 for p in got)
 
@@ -324,11 +355,9 @@ def test_cli_round_trip(tmp_path, tiny_tokenizer, tiny_prm_dir):
     rewards.run(rewards.Args(input=str(tmp_path / "in.jsonl"), output=str(tmp_path / "out.jsonl"),
                              prm=str(tiny_prm_dir), dtype="float32"))
     out = [json.loads(line) for line in open(tmp_path / "out.jsonl")]
-    sep = rewards.separator_token_ids(tok)
     model = AutoModelForTokenClassification.from_pretrained(tiny_prm_dir, dtype=torch.float32)
-    counts = [rewards.split_steps(r["response_ids"], sep) for r in rows]
-    want_p = rewards.prm_scores(model, tok, [r["prompt_ids"] for r in rows], [r["response_ids"] for r in rows],
-                                counts)
+    counts = [rewards.split_steps(r["response_ids"], tok) for r in rows]
+    want_p = rewards.prm_scores(model, tok, [r["prompt_ids"] for r in rows], [r["response_ids"] for r in rows])
     assert [o["step_token_counts"] for o in out] == counts
     for o, p in zip(out, want_p):
         assert o["process_rewards"] == pytest.approx(p, abs=1e-6)
