@@ -7,13 +7,15 @@ maybe CHECKPOINT. Defaults = PURE's headline run (pure_reference.md (h)).
 Layout: torchrun, one process per device, no Ray. Every rank holds the ZeRO-2 actor, its own colocated vLLM engine,
 and the frozen reference and PRM, which wait in host memory and visit the device only for their forward pass. Each
 rank generates its own share of the prompts (rollout_batch_size / world_size prompts x n samples). On GPU each rank
-sees only its own GPU and the engine sleeps while the trainer works (weights to host memory, KV cache freed); on CPU
-sleeping and moving are no-ops. After each update local rank 0 of every node writes the new weights once to
-/dev/shm and every engine of the node reloads them (rollout.sync_weights). GPU memory budget: README.
+sees only its own GPU (set first thing in `__main__`, before anything touches CUDA) and the engine sleeps while the
+trainer works (weights to host memory, KV cache freed); on CPU sleeping and moving are no-ops. After each update
+local rank 0 of every node writes the new weights once to /dev/shm (to a folder in --output-dir when /dev/shm lacks
+the room) and every engine of the node reloads them (rollout.sync_weights). GPU and host memory budget: README.
 
     torchrun --nproc_per_node 8 ppo.py --model M --prm P --prompts F --output-dir D       # 8 GPUs
     torchrun --nproc_per_node 2 ppo.py ...                                                # CPU (gloo), tiny models
-Rerunning the same command resumes from the latest complete checkpoint-<step>/.
+Rerunning the same command resumes from the latest complete checkpoint-<step>/. Every checkpoint keeps its HF weights;
+only the newest keeps the DeepSpeed state in ds/ (--keep-all-ds-states keeps them all).
 """
 import hashlib
 import json
@@ -34,7 +36,7 @@ import tyro
 
 from common import InputError, finite, plot_metrics, read_jsonl, write_jsonl
 from credit import CreditArgs, pure_advantages
-from rollout import format_prompt, generate, load_prompts, start_engine, sync_weights
+from rollout import format_prompt, generate, load_prompts, start_engine, sync_folder, sync_weights, wake_engine
 
 
 @dataclass(kw_only=True)
@@ -75,6 +77,9 @@ class Args(CreditArgs):
     """RL steps (reference --max_steps 500)"""
     save_steps: int = 20
     """checkpoint every N steps, and at the last step (reference 20)"""
+    keep_all_ds_states: bool = False
+    """keep the DeepSpeed state (ds/: optimizer, ~7x the weights) of every checkpoint; default: of the newest only,
+    the one a resume reads (the HF weights of every checkpoint are always kept)"""
     rollouts_every: int = 10
     """write the step's samples to rollouts/step-<N>.jsonl every N steps"""
     seed: int = 42
@@ -179,19 +184,19 @@ def latest_checkpoint(out):
 
 
 def setup_distributed():
-    """torchrun env (or a single process); GPU: each rank sees only its own device (vLLM and the trainer share it)."""
+    """torchrun env (or a single process). GPU: `__main__` has left this rank its own device only, as cuda:0."""
     if "RANK" not in os.environ:  # plain `python ppo.py`: a world of one
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
                               MASTER_PORT=str(s.getsockname()[1]))
-    if shutil.which("nvidia-smi"):  # GPU-only: the rank (and its vLLM engine) sees just its own GPU, as cuda:0
-        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-        gpus = visible.split(",") if visible else [str(i) for i in range(int(os.environ.get("LOCAL_WORLD_SIZE", 1)))]
-        os.environ["CUDA_VISIBLE_DEVICES"] = gpus[int(os.environ["LOCAL_RANK"])]
     import deepspeed
 
     cuda = torch.cuda.is_available()
+    if cuda:  # DeepSpeed would bind device_id=cuda:LOCAL_RANK (comm/torch.py), out of range when a rank sees one GPU
+        torch.cuda.set_device(0)  # so the group is made here, on cuda:0; DeepSpeed reuses an existing group
+        many = int(os.environ["WORLD_SIZE"]) > 1  # as DeepSpeed: no device binding in a world of one
+        dist.init_process_group("nccl", device_id=torch.device("cuda", 0) if many else None)
     deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo")
     device = torch.device("cuda" if cuda else "cpu")
     return dist.get_rank(), dist.get_world_size(), int(os.environ["LOCAL_RANK"]), device
@@ -251,10 +256,22 @@ def ds_config(args, cuda):
             "steps_per_print": 10**9}
 
 
-def save_checkpoint(engine, tok, out, step, rank):
+def drop_old_ds_states(out, newest):
+    """Checkpoint rotation: every checkpoint-<step>/ in `out` but `newest` loses its DeepSpeed state (ds/: weights,
+    fp32 master and Adam shards, ~106 GB for a 7B policy; plus the `latest` file naming it and DeepSpeed's scripts
+    that read it) and keeps its HF weights, tokenizer and trainer_state.json. Resume reads the newest checkpoint."""
+    for d in out.glob("checkpoint-*"):
+        if d != newest and (d / "ds").is_dir():
+            shutil.rmtree(d / "ds")
+            for name in ("latest", "zero_to_fp32.py", "zero_to_torch.py"):
+                (d / name).unlink(missing_ok=True)
+
+
+def save_checkpoint(engine, tok, out, step, rank, keep_all_ds=False):
     """checkpoint-<step>/: HF weights + tokenizer (AutoModelForCausalLM-loadable), DeepSpeed state (optimizer) in
     ds/, trainer_state.json (step; prompt order, sampling seeds and shuffles derive from seed + step). Written to a
-    temporary folder and renamed, so a kill never leaves a half checkpoint that resume would pick."""
+    temporary folder and renamed, so a kill never leaves a half checkpoint that resume would pick; only then do the
+    older checkpoints lose their ds/ (unless keep_all_ds)."""
     final, tmp = out / f"checkpoint-{step}", out / f".checkpoint-{step}.tmp"
     if rank == 0:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -267,6 +284,8 @@ def save_checkpoint(engine, tok, out, step, rank):
         (tmp / "trainer_state.json").write_text(json.dumps({"step": step}))
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
+        if not keep_all_ds:
+            drop_old_ds_states(out, final)
     dist.barrier()
 
 
@@ -374,6 +393,9 @@ def start_run(args):
     rank, world, local_rank, device = setup_distributed()
     out = Path(args.output_dir)
     start, resume_dir = latest_checkpoint(out)
+    if resume_dir is not None and not (resume_dir / "ds").is_dir():  # the newest is the one that keeps it
+        raise InputError(resume_dir, None, "ds", "no DeepSpeed state to resume from (only the newest checkpoint keeps "
+                                                 "one, unless --keep-all-ds-states)")
     cuda = device.type == "cuda"
     # vLLM ENGINE: colocated, one per rank, starts from the resumed weights
     llm = start_engine(resume_dir or args.model, seed=args.seed + rank, dtype="bfloat16" if cuda else "float32",
@@ -381,15 +403,22 @@ def start_run(args):
                        gpu_memory_utilization=args.vllm_gpu_memory_utilization,
                        **({"enable_sleep_mode": True} if cuda else {}))
     if cuda:
-        llm.sleep(level=1)  # free the GPU for the trainer's models; wake_up() before each rollout
-    sync_dir = Path("/dev/shm" if Path("/dev/shm").is_dir() else "/tmp") / (
-        "pure_sync_" + hashlib.md5(str(out.resolve()).encode()).hexdigest()[:10])
+        llm.sleep(level=1)  # free the GPU for the trainer's models; wake_engine() before each rollout
     # MODELS
     actor, ref, prm = load_models(args, device, tok)
     vllm_vocab = llm.llm_engine.model_config.get_vocab_size()
     if vllm_vocab != actor.config.vocab_size:
         raise InputError(args.model, None, "vocab_size",
                          f"vLLM has {vllm_vocab} tokens, the trainer {actor.config.vocab_size}")
+    # WEIGHT SYNC folder: /dev/shm when it has room for the weight file on every rank, else a disk folder per node
+    nbytes = sum(t.numel() * t.element_size() for t in actor.state_dict().values())
+    fallback = out / f".weight-sync-{socket.gethostname()}"
+    sync_dir = sync_folder("pure_sync_" + hashlib.md5(str(out.resolve()).encode()).hexdigest()[:10], nbytes, fallback)
+    if not all_ranks_ok(sync_dir != fallback, device):
+        sync_dir = fallback
+    if rank == 0:
+        print(f"weight sync: {nbytes / 1e6:,.1f} MB per push through {sync_dir}"
+              + (" (a disk folder: /dev/shm lacks the room)" if sync_dir == fallback else ""), flush=True)
     optimizer = torch.optim.AdamW(actor.parameters(), lr=args.actor_learning_rate, betas=(0.9, 0.95), weight_decay=0.0)
     engine, *_ = deepspeed.initialize(model=actor, optimizer=optimizer, config=ds_config(args, cuda),
                                       args=SimpleNamespace(device_rank=0) if cuda else None)  # our GPU is cuda:0
@@ -416,7 +445,7 @@ def rollout_and_rewards(s, step):
     idx = prompt_indices(step, len(s.prompts), args.rollout_batch_size, args.seed)
     idx = idx[s.rank * s.R_local:(s.rank + 1) * s.R_local]
     if s.cuda:
-        s.llm.wake_up()
+        wake_engine(s.llm)  # weights + KV cache
     samples = generate(s.llm, [format_prompt(s.prompts[i]["question"]) for i in idx], n=n,
                        temperature=args.temperature, top_p=args.top_p, max_tokens=args.generate_max_len,
                        max_prompt_len=args.prompt_max_len,
@@ -471,10 +500,10 @@ def rl_step(s, step):
     stats = ppo_update(s.engine, samples, old_logp, advantages, action_mask, args, pad, device, shuffle)
     s.t["train"] = time.time()
 
-    # SYNC WEIGHTS TO vLLM: local rank 0 writes /dev/shm once per node, every engine reloads
+    # SYNC WEIGHTS TO vLLM: local rank 0 writes /dev/shm (or its fallback) once per node, every engine reloads
     dist.barrier()
     if s.cuda:
-        s.llm.wake_up()
+        wake_engine(s.llm, tags=["weights"])  # the reload needs the weights only, not the KV cache
     sync_weights(s.llm, s.engine.module.state_dict() if s.local_rank == 0 else None, s.sync_dir, barrier=dist.barrier)
     if s.cuda:
         s.llm.sleep(level=1)
@@ -532,7 +561,7 @@ def main(args):
     for step in range(s.start + 1, args.max_steps + 1):
         jump = log_step(s, step, *rl_step(s, step))
         if step % args.save_steps == 0 or step == args.max_steps or jump:  # CHECKPOINT
-            save_checkpoint(s.engine, s.tok, s.out, step, s.rank)
+            save_checkpoint(s.engine, s.tok, s.out, step, s.rank, args.keep_all_ds_states)
         if jump:
             if s.rank == 0:
                 print(f"early stop at step {step}: sudden jump in {jump}", flush=True)
@@ -593,6 +622,17 @@ def step_metrics(step, args, per_sample, sums, maxes, world):
 
 
 if __name__ == "__main__":
+    # GPU only, before the first CUDA call (`import deepspeed` makes one, `import torch` does not), which fixes the
+    # devices the process sees: this rank and its vLLM engine see just their own GPU, as cuda:0. That call also leaves
+    # a forked child unable to use CUDA, so vLLM must spawn its engine process (by itself it switches only once
+    # torch.cuda is fully initialised).
+    if shutil.which("nvidia-smi"):
+        visible, local_rank = os.environ.get("CUDA_VISIBLE_DEVICES"), int(os.environ.get("LOCAL_RANK", 0))
+        gpus = visible.split(",") if visible else [str(i) for i in range(int(os.environ.get("LOCAL_WORLD_SIZE", 1)))]
+        if local_rank >= len(gpus):
+            sys.exit(f"error: local rank {local_rank} has no GPU of its own in CUDA_VISIBLE_DEVICES={visible}")
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpus[local_rank]
+        os.environ["VLLM_WORKER_MULTIPROC_METHOD"] = "spawn"
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     args = tyro.cli(Args)
     try:

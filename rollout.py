@@ -3,12 +3,15 @@ template, prompts tokenized without special tokens, n samples per prompt kept AD
 rows), temperature 0.5, top_p 1, up to 2048 new tokens, stop on EOS only. Each sample keeps its token ids (with the
 EOS when one was generated), its text and the sampler's log-prob of every sampled token.
 
-Also holds `sync_weights`, the one function that pushes trainer weights into a running engine.
+Also holds `sync_weights`, the one function that pushes trainer weights into a running engine, `sync_folder`, which
+picks where it writes, and `wake_engine`, which wakes a sleeping GPU engine.
 
     python rollout.py --model M --prompts F --output rollouts.jsonl      # JSONL that `rewards.py` reads
 """
+import gc
 import json
 import os
+import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,7 +106,9 @@ def generate(llm, prompts, *, n=4, temperature=0.5, top_p=1.0, max_tokens=2048, 
 
 def sync_weights(llm, state_dict, folder, barrier=None):
     """Push trainer weights into a running engine: write the full state_dict as one safetensors file in `folder`
-    (use /dev/shm), then have every engine worker reload from it and drop cached prefixes (their KV is stale).
+    (sync_folder: /dev/shm when it has room), then have every engine worker reload from it (in place: the engine's
+    weight storage, sleep pool and CUDA graphs stay valid) and drop cached prefixes (their KV is stale). The host
+    holds one copy of the weights meanwhile (GPU tensors are copied once; CPU tensors are written as they are).
 
     This is the route known to be exact on vLLM's CPU backend (env_notes.md) and it works the same on GPU. The file
     must hold `lm_head.weight` even when embeddings are tied, or vLLM reloads silently wrong weights.
@@ -113,7 +118,13 @@ def sync_weights(llm, state_dict, folder, barrier=None):
 
     folder = Path(folder)
     if state_dict is not None:
-        tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state_dict.items()}  # clone: untie
+        tensors, storages = {}, set()
+        for k, v in state_dict.items():
+            t = v.detach().to("cpu").contiguous()  # a host copy of a GPU tensor; the trainer's own tensor on CPU
+            if t.untyped_storage().data_ptr() in storages:  # tied weights on CPU: safetensors wants one per name
+                t = t.clone()
+            storages.add(t.untyped_storage().data_ptr())
+            tensors[k] = t
         if "lm_head.weight" not in tensors and "model.embed_tokens.weight" in tensors:
             tensors["lm_head.weight"] = tensors["model.embed_tokens.weight"].clone()
         folder.mkdir(parents=True, exist_ok=True)
@@ -122,6 +133,29 @@ def sync_weights(llm, state_dict, folder, barrier=None):
         barrier()
     llm.collective_rpc("reload_weights", kwargs={"weights_path": str(folder)})
     llm.reset_prefix_cache()
+
+
+def sync_folder(name, nbytes, fallback, shm="/dev/shm", free_bytes=lambda d: shutil.disk_usage(d).free):
+    """Where sync_weights writes: shm/name (RAM-backed: fast) when it has room for the `nbytes` weight file plus 5%,
+    else `fallback` (a disk folder). /dev/shm can be tiny (64 MB, Docker's default) next to a 15 GB file. A file that
+    an earlier sync left in shm/name is overwritten, so its size counts as free. -> Path."""
+    shm = Path(shm)
+    if shm.is_dir():
+        old = shm / name / "model.safetensors"
+        if free_bytes(shm) + (old.stat().st_size if old.is_file() else 0) >= 1.05 * nbytes:
+            return shm / name
+    return Path(fallback)
+
+
+def wake_engine(llm, tags=None):
+    """Wake a sleeping GPU engine (all of it, or only `tags`, e.g. ["weights"] for a weight reload). First hand the
+    blocks this process's PyTorch cache holds back to the driver: the engine is another process and cannot use
+    them (TRL's vllm_generation.py and nano-aha-moment do the same before every wake)."""
+    import torch
+
+    gc.collect()
+    torch.cuda.empty_cache()
+    llm.wake_up(tags=tags)
 
 
 @dataclass

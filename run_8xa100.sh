@@ -8,7 +8,15 @@
 # Every stage resumes when rerun after a kill; a finished stage is skipped. Run: bash run_8xa100.sh
 set -euo pipefail
 
-# ---- placeholders: edit these ----
+# ---- placeholders: edit these. Where each input comes from: ----
+#   BASE_MODEL  Qwen/Qwen2.5-Math-7B from the Hugging Face hub (download it, or give the hub name with HF_HUB_OFFLINE=0)
+#   PRM_DATA    the hub dataset HuggingFaceH4/prm800k-trl-dedup (PURE's), or a local TRL-format .jsonl/.parquet
+#   RL_PROMPTS  PURE's prompt file data/8k_math_879_answers.json in https://github.com/CJReinforce/PURE (8,523 MATH
+#               questions, 879 with a gold answer). The default below is this project's JSONL copy beside the repo
+#               (../shared/data), which exists only where that folder does: elsewhere, download PURE's file and set
+#               RL_PROMPTS=/path/to/8k_math_879_answers.json (ppo.py reads the JSON array as it is).
+#   evaluation  evaluate.py reads ../shared/data/eval/<benchmark>.jsonl when that folder exists, else the public hub
+#               copies named in evaluate.py's BENCHMARKS (math500 = HuggingFaceH4/MATH-500, ...; needs the hub).
 BASE_MODEL=${BASE_MODEL:-/models/Qwen2.5-Math-7B}           # policy, reference and PRM backbone (HF folder)
 PRM_DATA=${PRM_DATA:-HuggingFaceH4/prm800k-trl-dedup}       # PRM800K in TRL stepwise format (PURE's)
 RL_PROMPTS=${RL_PROMPTS:-../shared/data/train/pure_8k_math_879_answers.jsonl}  # PURE's 8,523 prompts, 879 with gold
@@ -31,6 +39,13 @@ EOF
 
 run() { echo "+ $*"; "$@"; }
 
+# Fail now, not after hours of PRM training, when the RL prompt file is missing.
+case "$RL_PROMPTS" in *.json | *.jsonl)
+    [ -f "$RL_PROMPTS" ] || { echo "error: RL_PROMPTS=$RL_PROMPTS: no such file. PURE's prompts are" \
+        "data/8k_math_879_answers.json in https://github.com/CJReinforce/PURE: download it and set RL_PROMPTS" >&2
+        exit 1; } ;;
+esac
+
 # 1-2. PRM: 2-class token classifier, label on the "\n" after each step; ZeRO-2, bf16, global batch 128.
 [ -f "$PRM1/config.json" ] || run torchrun --standalone --nproc_per_node "$NGPU" prm_train.py \
     --model "$BASE_MODEL" --data "$PRM_DATA" --stage 1 --output-dir "$PRM1"
@@ -40,18 +55,28 @@ run() { echo "+ $*"; "$@"; }
 # 3. RL. Defaults of ppo.py = PURE's headline run (pure_reference.md (h)): reward-mode PRMVR, credit min (T 0.1),
 #    token baseline, vr-coef 1, init-kl-coef 0.001, lr 5e-7, train batch 128 / micro 2, temperature 0.5, 2048 new
 #    tokens. Each rank: ZeRO-2 actor + frozen reference + frozen PRM + a sleeping vLLM engine (0.3 of the GPU).
-#    Rerunning resumes from the latest checkpoint-<step>/ (optimizer, step, prompt order).
+#    Rerunning resumes from the latest checkpoint-<step>/ (optimizer, step, prompt order). Every checkpoint keeps its
+#    HF weights (~15 GB, evaluated below); only the newest keeps the DeepSpeed state (~105 GB; --keep-all-ds-states).
 run torchrun --standalone --nproc_per_node "$NGPU" ppo.py --model "$BASE_MODEL" --prm "$PRM2" \
     --prompts "$RL_PROMPTS" --output-dir "$RL" --max-steps 500 --save-steps 20
 
 # 4. Evaluation: greedy, PURE's template, 3000 new tokens (evaluate.py defaults), one GPU each in the background.
-i=0
+#    A bare `wait` returns 0 whatever the jobs returned: wait for each one and fail if any failed.
+i=0; pids=(); names=()
 for model in "$BASE_MODEL" $(for s in $EVAL_STEPS; do echo "$RL/checkpoint-$s"; done); do
     name=$(basename "$model")
     [ -f "$EVAL/$name/results.json" ] && continue
     CUDA_VISIBLE_DEVICES=$((i % NGPU)) run python evaluate.py --model "$model" --benchmarks "$BENCH" \
         --output-dir "$EVAL/$name" &
+    pids+=($!); names+=("$name")
     i=$((i + 1))
 done
-wait
+failed=()
+for j in "${!pids[@]}"; do
+    wait "${pids[$j]}" || failed+=("${names[$j]}")
+done
+if [ "${#failed[@]}" -gt 0 ]; then
+    echo "error: evaluation failed for: ${failed[*]} (see its output above; rerun to redo only the unfinished)" >&2
+    exit 1
+fi
 echo "done: PRM in $PRM2, RL run in $RL (metrics.jsonl, curves.png), evaluations in $EVAL"

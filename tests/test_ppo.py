@@ -112,7 +112,8 @@ def test_two_rank_run_then_kill_and_resume(tmp_path, tiny_model_dir, tiny_prm_di
 
     out = tmp_path / "run"
     args = ["--model", str(tiny_model_dir), "--prm", str(tiny_prm_dir),
-            "--prompts", str(shared_data / "train" / "pure_8k_math_879_answers.jsonl"), *TINY_RUN]
+            "--prompts", str(shared_data / "train" / "pure_8k_math_879_answers.jsonl"), *TINY_RUN,
+            "--keep-all-ds-states"]  # the "kill" below removes checkpoint-3, so checkpoint-2 must keep its ds/
     torchrun(args, out)
     rows = read_rows(out / "metrics.jsonl")
     assert [r["step"] for r in rows] == [1, 2, 3]
