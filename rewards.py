@@ -142,8 +142,40 @@ def prm_scores(prm_model, prm_tokenizer, prompt_ids_list, response_ids_list, *, 
 
 # ---------------------------------------------------------------------------------------------------- answers
 _BOX = re.compile(r"\\(?:boxed|fbox)\b")  # \fbox is what some MATH solutions and models use instead of \boxed
-_PHRASE = re.compile(r"(?i)(?:final answer|the answer)\s*(?:is|:)\s*:?\s*")
+# "The answer is" / "Final Answer:", and the same marker in French, Chinese and Arabic (lighteval's translation
+# literals: réponse, 答案, إجابة / جواب), which math-verify's English anchors do not know
+_PHRASE = re.compile(r"(?i)(?:final answer|the answer|r[ée]ponse(?: finale)?|最终答案|答案|ال[إا]جابة(?: النهائية)?|الجواب)"
+                     r"\s*(?:is|est|是|为|هي|هو|[:：])\s*[:：]?\s*")
+# gap between two boxes that belong to one answer: "\boxed{1}, \boxed{2}", "$x = \boxed{3}$ or $x = \boxed{-1}$"
+_BOX_GAP = re.compile(r"(?:[\s$,;]|\\[()\[\]]|\\q?quad|\\text\{\s*(?:and|or)\s*\}|\band\b|\bor\b|\w{1,20}\s*=)*")
+_BOLD = re.compile(r"(?<![\w)}*])\*\*([^*\n]{1,200})\*\*(?![\w({*])")  # markdown **bold**, not Python's x**2
+_DIGITS = str.maketrans("٠١٢٣٤٥٦٧٨٩۰۱۲۳۴۵۶۷۸۹٫", "01234567890123456789.")  # Arabic-Indic digits, decimal sign
+_CJK_NUMBER = re.compile(r"(?<=[\u3000-\u9fff\uff00-\uffef])(?=[-\d$\\])|(?<=[\d$}])(?=[\u3000-\u9fff\uff00-\uffef])")
 _LIST_SEP_SPACE = re.compile(r"(\d)(?:\\,|\\ |\\;|~|\\!)(?=\d{3}(?!\d))")
+_SCALE = re.compile(r"(?<![\d,.])(\d[\d,]*(?:\.\d+)?)\s*"  # a whole number (the lookbehind keeps it linear), then
+                    r"(?:\\(?:text|mbox|mathrm)\s*\{\s*(thousand|million|billion|trillion)s?\s*\}"  # \text{ million}
+                    r"|(thousand|million|billion|trillion)s?\b)", re.I)  # or million
+_POWERS = {"thousand": 3, "million": 6, "billion": 9, "trillion": 12}
+
+
+def _scaled(m):
+    """"2.5 million" -> "2500000"."""
+    from decimal import Decimal
+
+    value = Decimal(m.group(1).replace(",", "")).scaleb(_POWERS[(m.group(2) or m.group(3)).lower()])
+    return format(value.normalize(), "f")
+
+
+def _canonical(s):
+    """Rewrites applied to responses and golds alike, each linear in the text's length:
+    - markdown bold dropped: "The answer is **42**." (the phrase rule read "**42**"), "**Final Answer:** **7**";
+    - Arabic-Indic digits read as digits: "الإجابة هي ٩٢" (math-verify finds no number in it);
+    - scale words as numbers: "5 million", "1.2 \\text{ billion}" (PRM800K's grader does the same; math-verify and
+      _normalize's plain-words rule read "3 million" as 3);
+    - the Unicode degree sign as ^{\\circ}: "90°" (math-verify does not read it, so "90°" != "90^\\circ" there);
+    - a space between Chinese/Japanese characters and numbers: "比例为13/28" (unspaced, math-verify finds no number)."""
+    s = _CJK_NUMBER.sub(" ", _BOLD.sub(r"\1", s).translate(_DIGITS))
+    return re.sub(r"(?<!\s)\s*°", r"^{\\circ}", _SCALE.sub(_scaled, s))  # (?<!\s): linear on long blank runs
 
 
 def _closing_braces(s):
@@ -157,20 +189,41 @@ def _closing_braces(s):
     return match
 
 
-def _last_box(response):
-    """Content of the last non-empty, closed \\boxed{...} / \\fbox{...} (nested braces), or `\\boxed 5`."""
+def _boxes(response):
+    """(start, end, content) of every non-empty, closed \\boxed{...} / \\fbox{...} (nested braces) or `\\boxed 5`,
+    in order. Linear time."""
     boxes = list(_BOX.finditer(response))
-    closing = _closing_braces(response) if boxes else {}
-    for m in reversed(boxes):
+    closing, out = _closing_braces(response) if boxes else {}, []
+    for m in boxes:
         start = re.compile(r"\s*").match(response, m.end()).end()  # no slicing: linear over many boxes
         if response[start:start + 1] == "{":
-            content = response[start + 1:closing[start]] if start in closing else None
+            end = closing.get(start)
+            content = response[start + 1:end] if end is not None else None
         else:  # "\boxed 5": the reference's extractor takes the text up to the next "$" or whitespace
             spaced = response[m.end():m.end() + 1] == " "
             content = re.compile(r"[^\s$]*").match(response, start).group(0) if spaced else None
+            end = start + len(content or "") - 1
         if content and content.strip():
-            return content.strip()
-    return None
+            out.append((m.start(), end + 1, content.strip()))
+    return out
+
+
+def _last_box(response):
+    """Content of the last non-empty, closed \\boxed{...} / \\fbox{...}, or None."""
+    boxes = _boxes(response)
+    return boxes[-1][2] if boxes else None
+
+
+def _joined_boxes(response):
+    """"a, b, c" for the last run of two or more boxes separated only by commas, "and"/"or", "x =", math
+    delimiters (math-verify reads "\\boxed{1}, \\boxed{2}" as the set {1, 2}); None if the last box stands alone."""
+    boxes = _boxes(response)
+    run = boxes[-1:]
+    for box in reversed(boxes[:-1]):
+        if not _BOX_GAP.fullmatch(response, box[1], run[0][0]):
+            break
+        run.insert(0, box)
+    return ", ".join(b[2] for b in run) if len(run) > 1 else None
 
 
 def _after_phrase(response):
@@ -183,14 +236,22 @@ def _after_phrase(response):
     for open_, close in (("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]")):
         if rest.startswith(open_) and close in rest[len(open_):]:
             return rest[len(open_):rest.index(close, len(open_))].strip() or None
-    rest = re.split(r"\.(?:\s|$)", rest, maxsplit=1)[0].strip()
+    rest = re.split(r"\.(?:\s|$)|。", rest, maxsplit=1)[0].strip()
     return rest or None
 
 
+def _box_is_last(response):
+    """Whether the last box comes after the last answer phrase. Not when "Final Answer: The final answer is $10,455$.
+    I hope it is correct." follows intermediate \\boxed{200}, \\boxed{255}: that phrase is the answer (math-verify
+    ranks it first too)."""
+    boxes, phrases = _boxes(response), list(_PHRASE.finditer(response))
+    return bool(boxes) and (not phrases or phrases[-1].start() < boxes[-1][1])
+
+
 def extract_marked(response):
-    """The explicitly marked final answer: the last \\boxed{}/\\fbox{}, else the text after the last "The answer
-    is" / "Final Answer:". Linear time, safe to call anywhere. None if nothing is marked."""
-    return _last_box(response) or _after_phrase(response)
+    """The explicitly marked final answer: the last \\boxed{}/\\fbox{}, or the text after the last "The answer is" /
+    "Final Answer:" if that comes later. Linear time, safe to call anywhere. None if nothing is marked."""
+    return _last_box(response) if _box_is_last(response) else _after_phrase(response)
 
 
 def _mv_parse(text):
@@ -200,20 +261,37 @@ def _mv_parse(text):
     return parse(text, [LatexExtractionConfig(), ExprExtractionConfig()], parsing_timeout=None)
 
 
+def _mv_pick(text):
+    """math-verify's own choice of answer in a text (its anchors, else the last LaTeX span or number), or None."""
+    parsed = _mv_parse(text)
+    return str(parsed[1]).strip() or None if len(parsed) > 1 else None
+
+
 def _candidates(response):
-    """Answer strings to try, best first: the marked answer; else (no marker) the whole text when it is a short
-    delimiter-free bare answer such as "60%" or "x=1" (not a cut-off "\\boxed{1"), then math-verify's own pick
-    (the last LaTeX span or number, like Qwen's last-number fallback)."""
-    marked = extract_marked(response)
-    if marked is not None:
-        return [marked]
-    out = []
-    if len(response) <= 200 and not re.search(r"\$|\\[(\[]|\\boxed|\\fbox", response) and response.strip():
-        out.append(response.strip())
-    parsed = _mv_parse(response)
-    if len(parsed) > 1 and str(parsed[1]).strip():
-        out.append(str(parsed[1]).strip())
-    return out
+    """Answer strings to try, best first (the response is correct if any is equivalent to the gold), on the
+    _canonical() text:
+    - a box that comes after the last answer phrase: the last box, then the last run of boxes read as one list
+      ("\\boxed{1}, \\boxed{2}");
+    - else an answer phrase: the text after it if answer-like, then math-verify's pick from that text, which finds
+      the number in "Final Answer: The largest $n$ is 34." (else its pick from the whole response, e.g. for "The
+      answer is below");
+    - else: the whole text when it is a short delimiter-free bare answer such as "60%" or "x=1" (not a cut-off
+      "\\boxed{1"), then math-verify's pick from the whole response (like Qwen's last-number fallback).
+    One general fallback (math-verify's own pick) after the marked answer, instead of a rule per phrasing."""
+    response = _canonical(response)
+    if _box_is_last(response):
+        out = [_last_box(response), _joined_boxes(response)]
+    elif (phrase := _after_phrase(response)) is not None:
+        # "Final answer: " + the text: math-verify's anchor rules then take the number after "... is", else the
+        # first one (French "Réponse : il paiera 220 € d'ici 12 mois": 220, not 12). The text itself only when it
+        # is answer-like ("3 apples", "Evelyn"): parsed whole, a sentence yields its last number (100 in "il reste
+        # 30 € sur 100 €")
+        wordy = len(re.findall(r"[^\W\d_]{2,}", re.sub(r"\\[A-Za-z]+|\$[^$]*\$", " ", phrase))) > 2
+        out = [None if wordy else phrase, _mv_pick("Final answer: " + phrase) or _mv_pick(response)]
+    else:
+        bare = len(response) <= 200 and not re.search(r"\$|\\[(\[]|\\boxed|\\fbox", response)
+        out = [response.strip() if bare else None, _mv_pick(response)]
+    return list(dict.fromkeys(c for c in out if c))  # without repeats (each costs a parse for a wrong answer)
 
 
 def extract_answer(response: str):
@@ -234,9 +312,9 @@ def _repeating_decimal(m):
 
 def _normalize(ans):
     """Rewrites math-verify gets wrong, applied to both answer strings before parsing."""
-    s = ans.strip()
-    if "\\boxed" in s or "\\fbox" in s:  # a gold given as a full solution or "$\boxed{...}$"
-        s = _last_box(s) or s
+    s = _canonical(ans.strip())
+    if "\\boxed" in s or "\\fbox" in s:  # a gold given as a solution, "$\boxed{...}$", "\boxed{1} and \boxed{-2}"
+        s = _joined_boxes(s) or _last_box(s) or s
     s = s.strip().strip("$").strip()
     # "1\,000" / "1\ 000" / "1~000": thousands separators that math-verify reads as the product 1*0*0
     s = _LIST_SEP_SPACE.sub(r"\1", s)
@@ -246,6 +324,8 @@ def _normalize(ans):
     s = re.sub(r"_\{\s*\\([A-Za-z]+)\s*\}", r"_{\1}", s)
     # "0.\overline{3}": a repeating decimal that math-verify parses as 0 (it drops the \overline part)
     s = re.sub(r"(\d*)\.(\d*)\\overline\{(\d+)\}", _repeating_decimal, s)
+    # "x**2 + 1": Python's power operator, which math-verify's LaTeX parser does not read
+    s = re.sub(r"(?<=[\w)}])\*\*(?=[\w({])", "^", s)
     # "5 dollars", "3 apples": a number followed by plain words outside \text{} (math-verify reads 5*d*o*l*l*...)
     s = re.sub(r"^(-?[\d.,/]*\d)\s+[A-Za-z][A-Za-z ]{2,}$", r"\1", s)
     return s
@@ -332,17 +412,30 @@ def _check(response, gold):
     return False, next(iter(candidates), None)
 
 
-def is_correct(response: str, gold: str) -> bool:
-    """Whether the final answer of a full model response equals the gold answer. No time limit: use grade()."""
-    return _check(response, gold)[0]
+def is_correct(response: str, gold: str, timeout: float = 5.0) -> bool:
+    """Whether the final answer of a full model response equals the gold answer. The check runs in a worker process
+    (grade()) and counts as wrong past `timeout` seconds, whatever the input; safe from any thread or process."""
+    return grade(response, gold, timeout)["correct"] is True
 
 
 # ---------------------------------------------------------------------------------------------------- time limits
 # Each check runs in a worker process that is killed on timeout: math-verify/sympy can run for hours on inputs like
 # 10^{10^{10^{10}}}, and math-verify's own signal.alarm limits only work in the main thread. Workers are plain
 # `python -c` subprocesses talking JSON lines over stdin/stdout (no fork of a torch/vLLM process, no re-import of
-# the caller's __main__); idle ones are reused across calls and threads. A killed one is replaced on next use.
+# the caller's __main__, fine inside daemonic pool workers); idle ones are reused across calls and threads. A killed
+# one is replaced on next use.
 _IDLE, _LOCK = [], threading.Lock()
+_START_TIMEOUT = 120.0
+
+
+def _forget_workers():
+    """In a forked child: drop the parent's idle workers (their pipes are shared with the parent, so both processes
+    would read each other's answers) and its lock (another thread may have held it at the fork)."""
+    global _IDLE, _LOCK
+    _IDLE, _LOCK = [], threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_workers)
 
 
 def _serve():
@@ -367,14 +460,18 @@ def _serve():
 
 
 def _start_worker():
+    import select
     import subprocess
     import sys
 
     here = os.path.dirname(os.path.abspath(__file__))
     code = f"import sys; sys.path.insert(0, {here!r}); import rewards; rewards._serve()"
     proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-    if proc.stdout.readline() != b"ready\n":
-        raise RuntimeError("answer-checker worker process did not start")
+    # start-up (imports, warm-up: ~1-2 s) is not part of a check's timeout, but it is bounded too
+    if not select.select([proc.stdout], [], [], _START_TIMEOUT)[0] or proc.stdout.readline() != b"ready\n":
+        proc.kill()
+        proc.wait()
+        raise RuntimeError(f"answer-checker worker process did not start within {_START_TIMEOUT} s")
     return proc
 
 

@@ -1,5 +1,6 @@
-"""Answer-checker latency on MATH500-style answers: rewards.grade (worker process, all additions) beside
-math-verify alone (parse + verify in-process) on the same inputs; then grade_many on a rollout batch of 256.
+"""Answer-checker latency on MATH500-style answers: rewards.is_correct (worker process with a time limit, all
+additions) and the same check in-process, beside math-verify alone (parse + verify in-process) on the same inputs;
+then both checkers' accuracy on the test tables, and grade_many on a rollout batch of 256.
 
     .venv/bin/python bench/bench_rewards.py [--n 500]
 
@@ -52,8 +53,8 @@ def main():
     checkers = {
         "math-verify alone": lambda r, g: verify(parse("$" + g + "$", cfg, parsing_timeout=None),
                                                  parse(r, cfg, parsing_timeout=None), timeout_seconds=None),
-        "rewards.is_correct (in-process)": rewards.is_correct,
-        "rewards.grade (worker process)": lambda r, g: rewards.grade(r, g)["correct"],
+        "rewards._check (in-process)": lambda r, g: rewards._check(r, g)[0],
+        "rewards.is_correct (worker process)": rewards.is_correct,
     }
     rewards.grade("\\boxed{1}", "1")  # start one worker
     print(f"{len(data)} pairs (MATH500 gold vs own solution / perturbed answer); latency per check in ms")
@@ -76,11 +77,13 @@ def main():
         print(f"{name:<34}{med:>8.1f}{p99:>8.1f}{mx:>8.1f}{100 * ok / len(data):>9.1f}%{cpu_cols}")
     from tests.test_rewards import TABLE  # the checker's own behaviour table (response, gold, expected)
 
-    mv_ok = sum(checkers["math-verify alone"](response, gold) == expected for response, gold, expected in TABLE)
-    ours_ok = sum(o["correct"] == e for o, (_, _, e) in zip(
-        rewards.grade_many([t[0] for t in TABLE], [t[1] for t in TABLE]), TABLE))
-    print(f"behaviour table ({len(TABLE)} cases): rewards.grade {ours_ok}/{len(TABLE)}, math-verify alone "
-          f"{mv_ok}/{len(TABLE)}")
+    widened = [json.loads(line) for line in open(ROOT / "tests" / "checker_cases.jsonl")]  # other graders' cases
+    for name, table in (("behaviour table", TABLE),
+                        ("other graders' cases", [(r["response"], r["gold"], r["expected"]) for r in widened])):
+        mv_ok = sum(checkers["math-verify alone"](response, gold) == expected for response, gold, expected in table)
+        ours_ok = sum(o["correct"] == e for o, (_, _, e) in zip(
+            rewards.grade_many([t[0] for t in table], [t[1] for t in table]), table))
+        print(f"{name} ({len(table)} cases): rewards {ours_ok}/{len(table)}, math-verify alone {mv_ok}/{len(table)}")
     batch = (data * 2)[:256]
     for workers in (1, 2, 4):
         rewards.grade_many(["\\boxed{1}"] * workers, ["1"] * workers, workers=workers)  # start the workers
