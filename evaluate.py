@@ -6,6 +6,7 @@ template), greedy decoding (temperature 0, top_p 1), seed 42, at most 3000 new t
 no code execution; Avg = unweighted mean of MATH500, Minerva Math, OlympiadBench, AIME 2024 and AMC 2023.
 
     python evaluate.py --model PATH --benchmarks math500,aime24 --output-dir runs/eval/base [--limit N]
+    python evaluate.py --model PATH --benchmarks math500,my/test_set.jsonl ...   # + your own set, named test_set
     python evaluate.py --compare runs/eval/base runs/eval/pure --output-dir runs/eval
 """
 import json
@@ -16,7 +17,7 @@ from typing import Callable, Literal, NamedTuple
 
 from tqdm import tqdm
 
-from common import InputError, atomic_write, read_jsonl, write_jsonl
+from common import InputError, atomic_write, finite, read_jsonl, write_jsonl
 
 REPO_DATA_DIR = Path(__file__).resolve().parent.parent / "shared" / "data" / "eval"
 # Reference stop strings (math_eval.py); the EOS token itself always stops vLLM.
@@ -83,12 +84,23 @@ EXTRA_TITLES = {"gsm8k": "GSM8K", "aimo_aime": "AIMO-AIME", "aimo_amc": "AIMO-AM
 
 
 def parse_benchmarks(spec):
-    """ "math500,aime24" -> ["math500", "aime24"]; an unknown name is an InputError."""
-    names = [s.strip() for s in spec.split(",") if s.strip()]
-    for name in names:
-        if name not in BENCHMARKS:
-            raise InputError("--benchmarks", None, name, f"unknown benchmark (known: {', '.join(BENCHMARKS)})")
-    return names
+    """ "math500,aime24,sets/mine.jsonl" -> {"math500": None, "aime24": None, "mine": Path("sets/mine.jsonl")}:
+    built-in names, or paths of the user's own JSONL files, each named by its file stem. An unknown name, a file
+    stem that is a built-in name, or a name given twice is an InputError."""
+    out = {}
+    for item in (s.strip() for s in spec.split(",")):
+        if not item:
+            continue
+        name, path = (item, None) if item in BENCHMARKS else (Path(item).stem, Path(item))
+        if path is not None and path.suffix != ".jsonl":
+            raise InputError("--benchmarks", None, item, f"unknown benchmark (known: {', '.join(BENCHMARKS)}; "
+                             "or the path of a .jsonl file)")
+        if path is not None and name in [*BENCHMARKS, "avg", "settings"]:
+            raise InputError("--benchmarks", None, item, f"the file is named like the built-in {name!r}: rename it")
+        if name in out:
+            raise InputError("--benchmarks", None, item, f"a second benchmark named {name!r}")
+        out[name] = path
+    return out
 
 
 def _hf_rows(bench):
@@ -128,6 +140,43 @@ def load_benchmark(name, data_dir=REPO_DATA_DIR, limit=None):
             raise InputError(source, line, "gold", "no gold answer could be extracted")
         out.append({"question": question, "gold": gold})
     return out
+
+
+def load_user_benchmark(path, limit=None):
+    """A user's own benchmark: a JSONL file with, per line, the problem in `question` (or `problem`) and the gold
+    in `answer` (a string or a number). Returns [dict(question, gold)]; a bad row is an InputError."""
+    out = []
+    for line, row in read_jsonl(path):
+        if limit is not None and len(out) >= limit:
+            break
+        field = "problem" if "question" not in row and "problem" in row else "question"
+        if not isinstance(row.get(field), str) or not row[field].strip():
+            raise InputError(path, line, field, "missing or not a non-empty string (the problem: `question` or "
+                             "`problem`)")
+        answer = row.get("answer")
+        if not (isinstance(answer, str) and answer.strip() or finite(answer)):
+            raise InputError(path, line, "answer", f"missing or not a non-empty string or a number (got {answer!r})")
+        out.append({"question": row[field], "gold": number_text(answer)})
+    if not out:
+        raise InputError(path, None, None, "no rows")
+    return out
+
+
+def check_model(model):
+    """--model must be a model folder (with config.json) or a Hugging Face hub model id; checked before vLLM
+    starts, which would end in a transformers traceback. A hub id is looked up as vLLM would: its config.json is
+    fetched (from the local cache alone when HF_HUB_OFFLINE is set)."""
+    path = Path(model)
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise InputError(path, None, None, "not a model folder (no config.json)")
+        return
+    from huggingface_hub import hf_hub_download
+
+    try:
+        hf_hub_download(model, "config.json")
+    except Exception as e:  # invalid id, unknown repo, offline and not cached, no network
+        raise InputError(model, None, None, f"no such model folder, nor a Hugging Face hub model ({type(e).__name__})")
 
 
 def build_prompts(questions, template, tokenizer=None):
@@ -217,8 +266,8 @@ def results_table(rows):
     """rows: [(label, results dict)] -> Markdown table: Model, the paper's five in its README order, Avg., then
     any other benchmark present. A benchmark a run lacks shows "–"."""
     paper = dict(PAPER_COLUMNS)
-    cols = PAPER_COLUMNS + [("avg", "Avg.")] + [(b, EXTRA_TITLES[b]) for b in BENCHMARKS
-                                               if b not in paper and any(b in r for _, r in rows)]
+    others = ordered([b for _, r in rows for b in r if b not in paper and b not in ("avg", "settings")])
+    cols = PAPER_COLUMNS + [("avg", "Avg.")] + [(b, EXTRA_TITLES.get(b, b)) for b in others]
     lines = ["| Model | " + " | ".join(title for _, title in cols) + " |", "|---|" + "---:|" * len(cols)]
     for label, r in rows:
         cells = [f"{r[b]['accuracy']:.1f}" if b in r else "–" for b, _ in cols]
@@ -270,23 +319,41 @@ def results_markdown(results, settings):
             + results_table([(Path(settings["model"]).name, results)]))
 
 
-def write_results(output_dir, names, settings):
-    results = results_from_outputs(output_dir, names)
+def ordered(names):
+    """Benchmark names in table order: the built-ins in BENCHMARKS order, then the user's own as first given."""
+    names = list(dict.fromkeys(names))
+    return [b for b in BENCHMARKS if b in names] + [b for b in names if b not in BENCHMARKS]
+
+
+def write_results(output_dir, names, settings, files):
+    """results.json/results.md from the verdict files; a user benchmark's entry also records its file."""
+    results = results_from_outputs(output_dir, ordered(names))
+    for name, file in files.items():
+        if name in results:
+            results[name]["file"] = file
     atomic_write(Path(output_dir) / "results.json", json.dumps({**results, "settings": settings}, indent=2) + "\n")
     atomic_write(Path(output_dir) / "results.md", results_markdown(results, settings))
     return results
 
 
-def finished_benchmarks(output_dir, settings):
-    """Benchmarks a previous run with the same settings already finished in output_dir (resume)."""
+def finished_benchmarks(output_dir, settings, files):
+    """Benchmarks a previous run with the same settings already finished in output_dir (resume), and the files of
+    the user benchmarks among them. files: {name: resolved path} of this run's user benchmarks; one finished there
+    from another file is an InputError."""
     path = Path(output_dir) / "results.json"
     if not path.is_file():
-        return []
+        return [], {}
     old = read_results(output_dir)
     if old.get("settings") != settings:
         diff = sorted(k for k in settings if old.get("settings", {}).get(k) != settings[k])
         raise InputError(path, None, "settings", f"differ from this run ({', '.join(diff)}): use another --output-dir")
-    return [b for b in BENCHMARKS if b in old and (Path(output_dir) / f"{b}.jsonl").is_file()]
+    done = [b for b in old if b not in ("avg", "settings") and (Path(output_dir) / f"{b}.jsonl").is_file()]
+    old_files = {b: old[b]["file"] for b in done if "file" in old[b]}
+    for name, file in files.items():
+        if old_files.get(name, file) != file:
+            raise InputError(path, None, name, f"evaluated here on {old_files[name]}, not {file}: use another "
+                             "--output-dir")
+    return done, old_files
 
 
 def read_results(run_dir):
@@ -300,8 +367,8 @@ def read_results(run_dir):
         raise InputError(path, e.lineno, None, f"not valid JSON ({e.msg})") from None
     if not isinstance(res, dict):
         raise InputError(path, None, None, "must be a JSON object")
-    for b in [*BENCHMARKS, "avg"]:
-        if b in res and not isinstance(res[b].get("accuracy") if isinstance(res[b], dict) else None, (int, float)):
+    for b in res.keys() - {"settings"}:
+        if not isinstance(res[b].get("accuracy") if isinstance(res[b], dict) else None, (int, float)):
             raise InputError(path, None, b, 'must be {"accuracy": number, ...}')
     return res
 
@@ -326,7 +393,8 @@ class Args:
     model: str | None = None
     """Policy to evaluate: a local HF folder or hub name (required unless --compare)."""
     benchmarks: str = "math500,minerva_math,olympiadbench,aime24,amc23"
-    """Comma-separated; the paper's five by default. Also: gsm8k, aimo_aime, aimo_amc (PRIME's AI-MO sets)."""
+    """Comma-separated; the paper's five by default. Also: gsm8k, aimo_aime, aimo_amc (PRIME's AI-MO sets), or the
+    path of your own .jsonl file (per line: `question` or `problem`, and `answer`), named by its file stem."""
     output_dir: Path = Path("runs/eval")
     """One NAME.jsonl per benchmark, results.json, results.md (or compare.md with --compare). A rerun with the
     same settings skips the benchmarks already finished there."""
@@ -361,15 +429,22 @@ class Args:
 def main(args):
     if args.compare:
         return compare(args.compare, args.output_dir)
-    names = parse_benchmarks(args.benchmarks)
+    specs = parse_benchmarks(args.benchmarks)
     if args.model is None:
         raise InputError("--model", None, None, "required (or use --compare RUN_DIR ...)")
+    check_model(args.model)
     if args.n_samples > 1 and args.temperature == 0:
         raise InputError("--n-samples", None, None, "greedy samples are all the same response: set --temperature")
-    data = {name: load_benchmark(name, args.data_dir, args.limit) for name in names}  # bad input fails before vLLM
+    data = {name: load_benchmark(name, args.data_dir, args.limit) if path is None  # bad input fails before vLLM
+            else load_user_benchmark(path, args.limit) for name, path in specs.items()}
+    files = {name: str(path.resolve()) for name, path in specs.items() if path is not None}
+    for name, file in files.items():
+        if str((Path(args.output_dir) / f"{name}.jsonl").resolve()) == file:
+            raise InputError("--output-dir", None, None, f"its {name}.jsonl would overwrite the benchmark file {file}")
     settings = run_settings(args)
-    done = finished_benchmarks(args.output_dir, settings)
-    todo = [name for name in names if name not in done]
+    done, old_files = finished_benchmarks(args.output_dir, settings, files)
+    files = {**old_files, **files}
+    todo = [name for name in specs if name not in done]
     if todo:
         import rollout
 
@@ -378,8 +453,8 @@ def main(args):
             bar.set_description(f"{name} ({len(data[name])} problems)")
             write_jsonl(Path(args.output_dir) / f"{name}.jsonl", evaluate_benchmark(llm, data[name], args))
             done.append(name)
-            write_results(args.output_dir, [b for b in BENCHMARKS if b in done], settings)
-    results = write_results(args.output_dir, [b for b in BENCHMARKS if b in done], settings)
+            write_results(args.output_dir, done, settings, files)
+    results = write_results(args.output_dir, done, settings, files)
     print((Path(args.output_dir) / "results.md").read_text(), end="")
     return results
 

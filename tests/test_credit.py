@@ -241,6 +241,49 @@ def test_strict_min_by_hand():
     assert ret[1].tolist() == pytest.approx([0.4 + 2 * 0.2 / 6, 0.4 + 2 * 0.2 / 6, 0, 0, 0, 0])
 
 
+# Two responses, one group: A = steps of 2 + 2 tokens, B = one step of 3 tokens (a padding column after it, where
+# as_tensors puts a log-ratio of 7.0 that must never count).
+KL_ROWS = [row([2, 2], [0.5, -0.2], 1, [0.4, -1.0, 2.0, 0.5]), row([3], [0.1], 0, [1.0, 0.5, -0.5])]
+
+
+def test_kl_penalty_enters_every_earlier_return_by_hand():
+    """k1 KL with beta = 0.1: R_t = [t ends step k] r'_k - 0.1 * logratio_t on every action token, G_t = Σ_{t'>=t}
+    R_t', then G := 0 on step ends. Sum credit, token baseline, PRM only; every number by hand."""
+    # O_A = 0.5 - 0.2 = 0.3, O_B = 0.1; rates a_A = O_B / L_B = 0.1 / 3, a_B = O_A / L_A = 0.3 / 4 = 0.075
+    # r'_A = (0.5 - a_A * 1, -0.2 - a_A * 1); r'_B = 0.1 - 0.075 * 2 = -0.05
+    # KL rewards -0.1 * lr: A (-0.04, 0.1, -0.2, -0.05), B (-0.1, -0.05, 0.05)
+    a_A = 0.1 / 3
+    R_A = [-0.04, 0.1 + 0.5 - a_A, -0.2, -0.05 - 0.2 - a_A]
+    R_B = [-0.1, -0.05, 0.05 - 0.05]
+    want_A = [sum(R_A), 0, sum(R_A[2:]), 0, 0]  # = (0.04333, 0, -0.48333, 0, pad)
+    want_B = [sum(R_B), sum(R_B[1:]), 0, 0, 0]  # = (-0.15, -0.05, 0, pad, pad)
+    adv, ret, info = pure_advantages(*as_tensors(KL_ROWS, pad=1), 2, credit="sum", reward_mode="PRM", kl_coef=0.1,
+                                     normalize=False)
+    assert ret[0].tolist() == pytest.approx(want_A, abs=1e-12) and ret[1].tolist() == pytest.approx(want_B, abs=1e-12)
+    assert want_A[0] == pytest.approx(0.043333, abs=1e-6) and want_B[0] == pytest.approx(-0.15)
+    assert torch.equal(adv, ret)
+    assert info["reward"] == pytest.approx((0.3 + 0.1) / 2)  # mean O_i: the PRM part only, before baseline and KL
+    assert info["return"] == pytest.approx((sum(R_A) + sum(R_B)) / 2)  # mean Σ_t R_t = (0.04333 - 0.15) / 2
+    assert set(info) == {"reward", "return"}
+
+
+def test_kl_with_verifiable_reward_and_whitening_by_hand():
+    """VR only, beta = 0.1: v = solved - 1 = (0, -1), leave-one-out -> (+1, -1) on each final token, plus the KL
+    rewards of the case above; then PURE's whitening over the 4 non-zero returns."""
+    R_A = [-0.04, 0.1, -0.2, -0.05 + 1]
+    R_B = [-0.1, -0.05, 0.05 - 1]
+    G = [sum(R_A), 0, sum(R_A[2:]), 0, sum(R_B), sum(R_B[1:]), 0]  # (0.81, 0, 0.75, 0, -1.1, -1.0, 0)
+    adv, ret, info = pure_advantages(*as_tensors(KL_ROWS, pad=1), 2, reward_mode="VR", kl_coef=0.1)
+    assert ret[0, :4].tolist() + ret[1, :3].tolist() == pytest.approx(G, abs=1e-12)
+    assert G == pytest.approx([0.81, 0, 0.75, 0, -1.1, -1.0, 0])
+    mu = (0.81 + 0.75 - 1.1 - 1.0) / 4  # the 3 masked zeros leave the mean ...
+    std = math.sqrt(sum((g - mu) ** 2 for g in G) / 4)  # ... but not the numerator (quirk); padding is out
+    want = [0 if g == 0 else (g - mu) / std for g in G]
+    assert adv[0].tolist() + adv[1].tolist() == pytest.approx(want[:4] + [0] + want[4:] + [0, 0], abs=1e-12)
+    assert info["reward"] == 0 and info["return"] == pytest.approx((sum(R_A) + sum(R_B)) / 2)  # (0.81 - 1.1) / 2
+    assert (info["whiten_mean"], info["whiten_std"]) == pytest.approx((mu, std))
+
+
 def test_credit_args_fields_and_headline_defaults():
     assert {f.name: f.default for f in fields(CreditArgs)} == dict(
         credit="min", credit_temperature=0.1, baseline="token", reward_mode="PRMVR", vr_coef=1.0, kl_coef=0.001,

@@ -1,5 +1,6 @@
 """evaluate.py: benchmark loaders on the real files (counts and golds checked by hand), accuracy/avg from hand-made
-verdict files (the paper's own rows), the compare table, bad input, and one end-to-end run through vLLM."""
+verdict files (the paper's own rows), the compare table, bad input, one end-to-end run through vLLM, and main with a
+scripted engine whose responses' verdicts are known (greedy, avg@k, resume, the user's own JSONL set)."""
 import json
 import subprocess
 import sys
@@ -98,7 +99,20 @@ def test_cli_bad_input_is_one_line(tmp_path):
                         "--output-dir", str(tmp_path)], cwd=ROOT, capture_output=True, text=True)
     assert r.returncode != 0
     assert r.stderr.strip().splitlines() == ["error: --benchmarks: nope: unknown benchmark (known: "
-                                             + ", ".join(E.BENCHMARKS) + ")"]
+                                             + ", ".join(E.BENCHMARKS) + "; or the path of a .jsonl file)"]
+
+
+def test_cli_missing_model_is_one_line(tmp_path):
+    """Checked before vLLM starts (which would end in a transformers "Repo id must be in the form" traceback)."""
+    r = subprocess.run([sys.executable, "evaluate.py", "--model", "no/such/dir", "--benchmarks", "aime24",
+                        "--output-dir", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode != 0 and r.stderr.strip().splitlines() == [
+        "error: no/such/dir: no such model folder, nor a Hugging Face hub model (HFValidationError)"]
+    with pytest.raises(InputError, match=r"^no/such: no such model folder, nor a Hugging Face hub model"):
+        E.check_model("no/such")  # a valid hub id, but offline (conftest) and not cached
+    with pytest.raises(InputError, match=f"^{tmp_path}: not a model folder \\(no config.json\\)"):
+        E.check_model(str(tmp_path))
+    assert not list(tmp_path.iterdir())  # nothing written
 
 
 def write_verdicts(folder, name, correct_counts, samples=1):
@@ -161,7 +175,8 @@ def test_compare_table(tmp_path, capsys):
 
 
 def test_end_to_end_tiny_model(tiny_model_dir, tmp_path):
-    """Two problems of two benchmarks through vLLM and the grader; then a rerun resumes without an engine."""
+    """Plumbing through the real vLLM engine and grader: two problems of two benchmarks (the random model never
+    answers right, so verdict values are checked with the scripted engine below); a rerun resumes without one."""
     import rewards
 
     out = tmp_path / "eval"
@@ -190,3 +205,162 @@ def test_end_to_end_tiny_model(tiny_model_dir, tmp_path):
     assert {p.name: p.stat().st_mtime_ns for p in out.glob("*.jsonl")} == before
     with pytest.raises(InputError, match="settings: differ from this run \\(max_tokens\\)"):
         E.main(E.Args(model=str(tiny_model_dir), benchmarks="aime24", limit=2, max_tokens=8, output_dir=out))
+
+
+# ---------------------------------------------------------------------------------------------- scripted engine
+class ScriptedLLM:
+    """Stands in for vllm.LLM in evaluate.main: sample j of the prompt holding question q is script[q][j] ("<|im_end|>"
+    in it becomes that special token, which vLLM's text leaves out), then EOS. Records every request's prompts and
+    SamplingParams; the call numbered `fail_on_call` raises, as a run killed midway."""
+
+    def __init__(self, tokenizer, script, fail_on_call=None):
+        self.tok, self.script, self.fail_on_call, self.calls = tokenizer, script, fail_on_call, []
+
+    def get_tokenizer(self):
+        return self.tok
+
+    def encode(self, text):
+        im_end = self.tok.convert_tokens_to_ids("<|im_end|>")
+        pieces = [self.tok.encode(t, add_special_tokens=False) for t in text.split("<|im_end|>")]
+        return [i for k, ids in enumerate(pieces) for i in ([im_end] if k else []) + ids] + [self.tok.eos_token_id]
+
+    def generate(self, prompts, params, use_tqdm=True):
+        from types import SimpleNamespace as NS
+
+        texts = [self.tok.decode(p["prompt_token_ids"]) for p in prompts]
+        self.calls.append((texts, params))
+        if len(self.calls) == self.fail_on_call:
+            raise RuntimeError("killed")
+        outs = []
+        for text, p in zip(texts, params):
+            (question,) = [q for q in self.script if q in text]
+            ids = [self.encode(self.script[question][j]) for j in range(p.n)]
+            outs.append(NS(outputs=[NS(index=j, token_ids=x, text=self.tok.decode(x, skip_special_tokens=True),
+                                       finish_reason="stop", logprobs=[{t: NS(logprob=-1.0)} for t in x])
+                                    for j, x in enumerate(ids)]))
+        return outs
+
+
+def scripted_run(monkeypatch, llm, tmp_path, **kw):
+    """evaluate.main with the engine replaced by `llm`; returns (results, the engine's start arguments)."""
+    import rollout
+
+    started = {}
+    monkeypatch.setattr(rollout, "start_engine", lambda model, **a: started.update(a, model=model) or llm)
+    (tmp_path / "model").mkdir(exist_ok=True)
+    (tmp_path / "model" / "config.json").write_text("{}")  # check_model needs a model folder; no engine reads it
+    args = E.Args(**{"model": str(tmp_path / "model"), "limit": 2, "max_tokens": 64, "output_dir": tmp_path / "out",
+                     "workers": 2, **kw})
+    return E.main(args), started
+
+
+def rows_of(path):
+    return [json.loads(line) for line in open(path)]
+
+
+BOX = "So the answer is $\\boxed{{{}}}$.".format
+
+
+def test_scripted_engine_right_answers_and_resume(tmp_path, tiny_tokenizer, shared_data, monkeypatch):
+    """Responses whose verdicts are known (golds read by eye, EXPECTED): math500 both right, one only after its
+    <|im_end|> cut (a wrong \\boxed{7} follows it); aime24 one right, one wrong. The first run dies on aime24 after
+    finishing math500; the rerun generates aime24 only and keeps math500's file as it was."""
+    (m0, m1), (a0, a1) = (E.load_benchmark(b, shared_data / "eval", limit=2) for b in ("math500", "aime24"))
+    script = {m0["question"]: [BOX(r"\left( 3, \frac{\pi}{2} \right)")],
+              m1["question"]: [BOX("p - q") + "<|im_end|>Or rather $\\boxed{7}$"],
+              a0["question"]: [BOX("204")], a1["question"]: [BOX("112")]}  # gold 113
+    first = ScriptedLLM(tiny_tokenizer, script, fail_on_call=2)
+    with pytest.raises(RuntimeError, match="killed"):
+        scripted_run(monkeypatch, first, tmp_path, benchmarks="math500,aime24")
+    out = tmp_path / "out"
+    assert json.loads((out / "results.json").read_text())["math500"] == {"accuracy": 100.0, "n": 2}
+    assert not (out / "aime24.jsonl").exists()
+    math_rows = rows_of(out / "math500.jsonl")
+    assert [(r["index"], r["sample"], r["correct"], r["extracted"]) for r in math_rows] == [
+        (0, 0, True, r"\left( 3, \frac{\pi}{2} \right)"), (1, 0, True, "p - q")]
+    cut = first.encode(BOX("p - q"))[:-1] + [tiny_tokenizer.convert_tokens_to_ids("<|im_end|>")]
+    assert math_rows[1]["response"] == BOX("p - q") and math_rows[1]["tokens"] == len(cut)
+    (_, params), _ = first.calls  # greedy, the reference's settings
+    assert [(p.n, p.temperature, p.top_p, p.max_tokens, p.seed, p.stop) for p in params] == [
+        (1, 0.0, 1.0, 64, 42, E.STOP), (1, 0.0, 1.0, 64, 43, E.STOP)]
+    before = (out / "math500.jsonl").read_bytes()
+    second = ScriptedLLM(tiny_tokenizer, script)
+    res, started = scripted_run(monkeypatch, second, tmp_path, benchmarks="math500,aime24")
+    assert [[a0["question"] in t for t in texts] for texts, _ in second.calls] == [[True, False]]  # aime24 only
+    assert (out / "math500.jsonl").read_bytes() == before
+    assert res == {"math500": {"accuracy": 100.0, "n": 2}, "aime24": {"accuracy": 50.0, "n": 2}}
+    assert [r["correct"] for r in rows_of(out / "aime24.jsonl")] == [True, False]
+    assert started == {"model": str(tmp_path / "model"), "seed": 42, "max_model_len": None, "dtype": "auto"}
+
+
+def test_scripted_engine_avg_at_k(tmp_path, tiny_tokenizer, shared_data, monkeypatch):
+    """--n-samples 4 --temperature 0.7: samples 1-3 of problem 0 right, sample 2 of problem 1 right: avg@4 =
+    4/8 = 50.0 (sample 0 alone: 0.0); every sample graded against its own problem's gold."""
+    m0, m1 = E.load_benchmark("math500", shared_data / "eval", limit=2)
+    right0, right1 = BOX(r"\left( 3, \frac{\pi}{2} \right)"), BOX("p - q")
+    script = {m0["question"]: [BOX("3"), right0, right0, right0], m1["question"]: [BOX("q"), right0, right1, BOX("0")]}
+    llm = ScriptedLLM(tiny_tokenizer, script)
+    res, _ = scripted_run(monkeypatch, llm, tmp_path, benchmarks="math500", n_samples=4, temperature=0.7)
+    assert res == {"math500": {"accuracy": 50.0, "n": 2}}
+    rows = rows_of(tmp_path / "out" / "math500.jsonl")
+    assert [(r["index"], r["sample"], r["correct"]) for r in rows] == [
+        (0, 0, False), (0, 1, True), (0, 2, True), (0, 3, True), (1, 0, False), (1, 1, False), (1, 2, True),
+        (1, 3, False)]
+    ((_, params),) = llm.calls
+    assert [(p.n, p.temperature, p.top_p, p.seed) for p in params] == [(4, 0.7, 1.0, 42), (4, 0.7, 1.0, 46)]
+    assert "sampling (temperature 0.7, top_p 1), n_samples 4" in (tmp_path / "out" / "results.md").read_text()
+
+
+def test_user_jsonl_benchmark(tmp_path, tiny_tokenizer, monkeypatch):
+    """--benchmarks PATH.jsonl: `question` or `problem`, and `answer` (a number too); named by the file stem,
+    its file recorded; a rerun naming another file of that stem into the same folder is refused."""
+    sets = tmp_path / "sets"
+    sets.mkdir()
+    (sets / "my_set.jsonl").write_text('{"question": "What is 2+2?", "answer": "4"}\n'
+                                       '{"problem": "What is 3*4?", "answer": 12}\n')
+    script = {"What is 2+2?": [BOX("4")], "What is 3*4?": [BOX("13")]}
+    res, _ = scripted_run(monkeypatch, ScriptedLLM(tiny_tokenizer, script), tmp_path,
+                          benchmarks=f"{sets / 'my_set.jsonl'}", limit=None)
+    assert res == {"my_set": {"accuracy": 50.0, "n": 2, "file": str(sets / "my_set.jsonl")}}
+    rows = rows_of(tmp_path / "out" / "my_set.jsonl")
+    assert [(r["question"], r["gold"], r["correct"]) for r in rows] == [("What is 2+2?", "4", True),
+                                                                       ("What is 3*4?", "12", False)]
+    md = (tmp_path / "out" / "results.md").read_text()
+    assert "| Avg. | my_set |" in md and "| – | 50.0 |" in md
+    assert "| – | 50.0 |" in E.compare([tmp_path / "out"], tmp_path / "cmp")
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "my_set.jsonl").write_text('{"question": "What is 2+2?", "answer": "4"}\n')
+    with pytest.raises(InputError, match=r"results.json: my_set: evaluated here on .*sets/my_set.jsonl, not "):
+        scripted_run(monkeypatch, None, tmp_path, benchmarks=str(tmp_path / "other" / "my_set.jsonl"), limit=None)
+
+
+@pytest.mark.parametrize("lines, msg", [
+    (['{"answer": "1"}'], r"x.jsonl:1: question: missing or not a non-empty string"),
+    (['{"question": "q", "answer": "1"}', '{"problem": " ", "answer": "1"}'], r"x.jsonl:2: problem: missing"),
+    (['{"question": "q", "answer": null}'], r"x.jsonl:1: answer: missing or not a non-empty string or a number"),
+    (['{"question": "q", "answer": [1]}'], r"x.jsonl:1: answer: missing or not"),
+    (['{"question": "q", "answer": ""}'], r"x.jsonl:1: answer: missing or not"),
+    (['{"question": "q"', ], r"x.jsonl:1: not valid JSON"),
+    ([], r"x.jsonl: no rows"),
+])
+def test_user_jsonl_bad_rows(tmp_path, lines, msg):
+    (tmp_path / "x.jsonl").write_text("".join(line + "\n" for line in lines))
+    with pytest.raises(InputError, match=msg):
+        E.load_user_benchmark(tmp_path / "x.jsonl")
+
+
+def test_user_jsonl_bad_names(tmp_path, monkeypatch):
+    with pytest.raises(InputError, match=r"--benchmarks: sets/math500.jsonl: the file is named like the built-in"):
+        E.parse_benchmarks("aime24,sets/math500.jsonl")
+    with pytest.raises(InputError, match=r"--benchmarks: b/x.jsonl: a second benchmark named 'x'"):
+        E.parse_benchmarks("a/x.jsonl,b/x.jsonl")
+    with pytest.raises(InputError, match=r"--benchmarks: x.txt: unknown benchmark"):
+        E.parse_benchmarks("x.txt")
+    assert E.parse_benchmarks("aime24, d/mine.jsonl") == {"aime24": None, "mine": Path("d/mine.jsonl")}
+    with pytest.raises(InputError, match=r"missing.jsonl: no such file"):  # before any engine starts
+        scripted_run(monkeypatch, None, tmp_path, benchmarks=str(tmp_path / "missing.jsonl"))
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "mine.jsonl").write_text('{"question": "q", "answer": "1"}\n')
+    with pytest.raises(InputError, match=r"--output-dir: its mine.jsonl would overwrite the benchmark file"):
+        scripted_run(monkeypatch, None, tmp_path, benchmarks=str(tmp_path / "out" / "mine.jsonl"))
+    assert (tmp_path / "out" / "mine.jsonl").read_text() == '{"question": "q", "answer": "1"}\n'

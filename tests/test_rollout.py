@@ -1,7 +1,9 @@
 """rollout.py on the real vLLM CPU engine with the tiny fp32 policy: the prompt template, prompt loading, sampling
 (groups adjacent, seeds, EOS kept, sampler log-probs = the trainer's), the CLI, and the weight push (after a
-training step vLLM's log-probs of a fixed sequence equal the trainer's and differ from before). One engine for the
-whole file; the weight-push test runs last because it changes the engine's weights."""
+training step vLLM's log-probs of a fixed sequence equal the trainer's and differ from before), temperature 0 = the
+trainer's argmax; and, with a recording stand-in for vllm.LLM, that every sampling setting of generate() and of the
+CLI reaches vLLM's SamplingParams. One engine for the whole file; the weight-push test runs last because it changes
+the engine's weights."""
 import json
 import os
 import subprocess
@@ -28,7 +30,10 @@ def test_load_prompts(tmp_path, shared_data):
     assert len(prompts) == 8523 and sum(p["answer"] is not None for p in prompts) == 879  # "null" -> None
     arr = tmp_path / "p.json"  # PURE's original file is a JSON array
     arr.write_text(json.dumps([{"question": "q1", "answer": "null"}, {"question": "q2", "answer": 27.0}]))
-    assert load_prompts(arr) == [{"question": "q1", "answer": None}, {"question": "q2", "answer": "27.0"}]
+    assert load_prompts(arr) == [{"question": "q1", "answer": None, "ref_answer": None},
+                                 {"question": "q2", "answer": "27.0", "ref_answer": "27.0"}]
+    pure = prompts[:50]  # PURE's file: the golds of the 90% without a verifiable reward sit in ref_answer (logging)
+    assert all(p["ref_answer"] is not None for p in pure) and any(p["answer"] is None for p in pure)
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"question": "ok"}\n{"problem": "no question key"}\n')
     with pytest.raises(InputError, match=r"bad.jsonl:2: question: missing"):
@@ -37,6 +42,63 @@ def test_load_prompts(tmp_path, shared_data):
     empty.write_text("")
     with pytest.raises(InputError, match="no prompts"):
         load_prompts(empty)
+
+
+class RecordingLLM:
+    """Stands in for vllm.LLM: records the SamplingParams generate() passes, answers each request with n samples
+    of two tokens (token 5 + j, then EOS), returned in reverse index order as vLLM may."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer, self.calls = tokenizer, []
+
+    def get_tokenizer(self):
+        return self.tokenizer
+
+    def generate(self, prompts, params, use_tqdm=True):
+        from types import SimpleNamespace as NS
+
+        self.calls.append((prompts, params))
+        eos = self.tokenizer.eos_token_id
+        return [NS(outputs=[NS(index=j, token_ids=[5 + j, eos], text=f"t{j}", finish_reason="stop",
+                               logprobs=[{5 + j: NS(logprob=-1.0 - j)}, {eos: NS(logprob=-0.5)}])
+                            for j in reversed(range(p.n))]) for p in params]
+
+
+def test_generate_passes_every_sampling_setting_to_vllm(tiny_tokenizer):
+    stub = RecordingLLM(tiny_tokenizer)
+    out = generate(stub, ["What is 2?", [7, 8, 9]], n=3, temperature=0.7, top_p=0.9, max_tokens=17, seed=5,
+                   stop=["</s>"])
+    ((prompts, params),) = stub.calls
+    assert prompts == [{"prompt_token_ids": tiny_tokenizer.encode("What is 2?", add_special_tokens=False)},
+                       {"prompt_token_ids": [7, 8, 9]}]
+    assert [(p.n, p.temperature, p.top_p, p.max_tokens, p.seed, p.stop, p.logprobs, p.min_tokens) for p in params] == [
+        (3, 0.7, 0.9, 17, 5, ["</s>"], 0, 1), (3, 0.7, 0.9, 17, 8, ["</s>"], 0, 1)]  # seed + i * n
+    eos = tiny_tokenizer.eos_token_id
+    assert [(s["prompt_index"], s["response_ids"], s["logprobs"]) for s in out] == [
+        (i, [5 + j, eos], [-1.0 - j, -0.5]) for i in (0, 1) for j in range(3)]  # samples in index order
+    generate(stub, ["x"], n=2)  # the reference's defaults: temperature 0.5, top_p 1, 2048 new tokens, no seed
+    p = stub.calls[-1][1][0]
+    assert (p.n, p.temperature, p.top_p, p.max_tokens, p.seed, p.stop) == (2, 0.5, 1.0, 2048, None, [])
+
+
+def test_cli_passes_its_flags_to_the_engine_and_sampler(tmp_path, tiny_tokenizer, monkeypatch):
+    """rollout.main with a recording engine: every sampling flag reaches vLLM's SamplingParams, and the engine gets
+    the seed, dtype and prompt + generation context length."""
+    import rollout
+
+    stub, engine_kwargs = RecordingLLM(tiny_tokenizer), {}
+    monkeypatch.setattr(rollout, "start_engine", lambda model, **kw: engine_kwargs.update(kw, model=model) or stub)
+    (tmp_path / "p.jsonl").write_text('{"question": "q1", "answer": "1"}\n{"question": "q2", "answer": null}\n')
+    rollout.main(rollout.Args(model="m", prompts=str(tmp_path / "p.jsonl"), output=str(tmp_path / "r.jsonl"),
+                              n_samples_per_prompt=3, temperature=0.8, top_p=0.95, generate_max_len=12,
+                              prompt_max_len=64, dtype="float32", seed=7))
+    assert engine_kwargs == {"model": "m", "seed": 7, "max_model_len": 76, "dtype": "float32"}
+    params = stub.calls[0][1]
+    assert [(p.n, p.temperature, p.top_p, p.max_tokens, p.seed) for p in params] == [(3, 0.8, 0.95, 12, 7),
+                                                                                     (3, 0.8, 0.95, 12, 10)]
+    rows = [json.loads(line) for line in open(tmp_path / "r.jsonl")]
+    assert [(r["group"], r["gold"], r["response_text"]) for r in rows] == [
+        (0, "1", "t0"), (0, "1", "t1"), (0, "1", "t2"), (1, None, "t0"), (1, None, "t1"), (1, None, "t2")]
 
 
 @pytest.fixture(scope="module")
@@ -75,6 +137,22 @@ def test_generate_groups_seeds_logprobs_and_eos(llm, tiny_model_dir, tiny_tokeni
     # Over-long prompts keep their last tokens.
     long = generate(llm, [list(range(3, 300))], n=2, max_tokens=4, seed=0, max_prompt_len=100)
     assert long[0]["prompt_ids"] == list(range(200, 300))
+
+
+def test_temperature_zero_is_the_greedy_argmax(llm, tiny_model_dir):
+    """On the real engine: temperature 0 gives, token by token, the argmax of the trainer's own logits."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    prompt = [5, 17, 42, 99, 7]
+    (s,) = generate(llm, [prompt], n=1, temperature=0.0, max_tokens=12, seed=0)
+    ids = list(prompt)
+    with torch.no_grad():
+        while len(ids) < len(prompt) + len(s["response_ids"]):
+            ids.append(model(torch.tensor([ids])).logits[0, -1].argmax().item())
+    assert s["response_ids"] == ids[len(prompt):] and len(ids) > len(prompt) + 1
+    sampled = generate(llm, [prompt], n=4, temperature=1.0, max_tokens=12, seed=0)
+    assert any(x["response_ids"] != s["response_ids"] for x in sampled)  # and temperature 1 does sample
 
 
 def test_cli_writes_rollouts(tmp_path, tiny_model_dir, shared_data):
