@@ -96,6 +96,31 @@ def tokenize_prm_example(tokenizer, prompt, steps, labels=None, separator=PRM_ST
     return input_ids, ends, token_labels
 
 
+def log_libraries_to(path):
+    """Send the libraries' own log lines (vLLM, also those of its engine process; DeepSpeed; transformers; Python
+    warnings) to the file `path` through their logging settings, and drop their load-time progress bars, so the
+    console keeps our stages, progress bars and step lines. Call it before vLLM is imported (its engine process
+    reads VLLM_LOGGING_CONFIG_PATH) and after DeepSpeed is (DeepSpeed makes its console logger on import)."""
+    import logging.config
+
+    import transformers
+
+    path = Path(path).resolve()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    names = ["vllm", "DeepSpeed", "transformers", "py.warnings"]
+    config = {"version": 1, "disable_existing_loggers": False,
+              "formatters": {"plain": {"format": "%(asctime)s %(process)d %(name)s %(levelname)s %(message)s"}},
+              "handlers": {"file": {"class": "logging.FileHandler", "filename": str(path), "formatter": "plain"}},
+              "loggers": {name: {"handlers": ["file"], "level": "INFO", "propagate": False} for name in names}}
+    vllm_config = path.with_name(path.name + ".vllm.json")
+    atomic_write(vllm_config, json.dumps({**config, "loggers": {"vllm": config["loggers"]["vllm"]}}))
+    os.environ["VLLM_LOGGING_CONFIG_PATH"] = str(vllm_config)
+    logging.config.dictConfig(config)  # replaces DeepSpeed's console handler
+    transformers.utils.logging.disable_default_handler()  # transformers adds its own on first use: not this one
+    transformers.utils.logging.disable_progress_bar()
+    logging.captureWarnings(True)
+
+
 def plot_metrics(metrics_path, png_path, keys, x="step"):
     """One PNG with a panel per metric key, read from a metrics.jsonl (one JSON object per step)."""
     import matplotlib

@@ -1,16 +1,21 @@
-"""PURE RL: PPO fine-tuning of a math LLM with min-form process rewards + verifiable rewards, one file, top to bottom.
+"""PURE RL (and PRIME, its sibling): PPO fine-tuning of a math LLM with dense process rewards, one file, top to bottom.
 
-One step = ROLLOUT (vLLM) -> REWARDS (rewards.py: steps, PRM scores, answer grading) -> LOG-PROBS (policy and frozen
-reference) -> CREDIT (credit.pure_advantages) -> PPO UPDATE (DeepSpeed ZeRO-2) -> SYNC WEIGHTS TO vLLM -> LOG ->
-maybe CHECKPOINT. Defaults = PURE's headline run (pure_reference.md (h)).
+One step = ROLLOUT (vLLM; answers graded) -> LOG-PROBS (policy and frozen reference) -> REWARDS + CREDIT, one of:
+  PURE  (--reward-mode PRMVR | PRM | VR): an explicit PRM scores each "\\n\\n" step (rewards.py), min-form credit
+        (credit.pure_advantages), verifiable rewards on the prompts with a gold answer;
+  PRIME (--reward-mode PRIME): the implicit PRM q_t = log pi_psi(y_t) - log pi_ref(y_t), a causal LM updated online
+        on the verifier's outcomes, RLOO per reward source (credit.prime_advantages);
+-> PPO UPDATE (DeepSpeed ZeRO-2) -> SYNC WEIGHTS TO vLLM -> LOG -> maybe CHECKPOINT. Defaults = PURE's headline run
+(pure_reference.md (h)); PRIME's own settings (section 12) are its flags' defaults.
 
 Layout: torchrun, one process per device, no Ray. Every rank holds the ZeRO-2 actor, its own colocated vLLM engine,
-and the frozen reference and PRM, which wait in host memory and visit the device only for their forward pass. Each
-rank generates its own share of the prompts (rollout_batch_size / world_size prompts x n samples). On GPU each rank
-sees only its own GPU (set first thing in `__main__`, before anything touches CUDA) and the engine sleeps while the
-trainer works (weights to host memory, KV cache freed); on CPU sleeping and moving are no-ops. After each update
-local rank 0 of every node writes the new weights once to /dev/shm (to a folder in --output-dir when /dev/shm lacks
-the room) and every engine of the node reloads them (rollout.sync_weights). GPU and host memory budget: README.
+and the frozen reference and PRM, which wait in host memory and visit the device only for their forward pass (in
+PRIME mode the PRM trains: a second ZeRO-2 engine). Each rank generates its own share of the prompts
+(rollout_batch_size / world_size prompts x n samples). On GPU each rank sees only its own GPU (set first thing in
+`__main__`, before anything touches CUDA) and the engine sleeps while the trainer works (weights to host memory, KV
+cache freed); on CPU sleeping and moving are no-ops. After each update local rank 0 of every node writes the new
+weights once to /dev/shm (to a folder in --output-dir when /dev/shm lacks the room) and every engine of the node
+reloads them (rollout.sync_weights). GPU and host memory budget: README.
 
     torchrun --nproc_per_node 8 ppo.py --model M --prm P --prompts F --output-dir D       # 8 GPUs
     torchrun --nproc_per_node 2 ppo.py ...                                                # CPU (gloo), tiny models
@@ -28,14 +33,14 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Annotated
+from typing import Annotated, Literal
 
 import torch
 import torch.distributed as dist
 import tyro
 
-from common import InputError, finite, plot_metrics, read_jsonl, write_jsonl
-from credit import CreditArgs, pure_advantages
+from common import InputError, finite, log_libraries_to, plot_metrics, read_jsonl, write_jsonl
+from credit import CreditArgs, prime_advantages, prime_filter, prime_prm_loss, prime_token_rewards, pure_advantages
 from rollout import format_prompt, generate, load_prompts, start_engine, sync_folder, sync_weights, wake_engine
 
 
@@ -43,14 +48,21 @@ from rollout import format_prompt, generate, load_prompts, start_engine, sync_fo
 class Args(CreditArgs):
     model: str
     """policy = reference checkpoint (PURE: Qwen2.5-Math-7B base)"""
-    prm: str
-    """PRM folder (AutoModelForTokenClassification, 2 labels), or `none` for --reward-mode VR"""
     prompts: str
-    """prompt JSONL/JSON (PURE's 8k_math_879_answers: `question`, gold in `answer` or "null") or an HF dataset name"""
+    """prompt JSONL/JSON (PURE's 8k_math_879_answers: `question`, gold in `answer` or "null", logging-only gold in
+    `ref_answer`) or an HF dataset name. PRIME mode uses only the prompts with a gold `answer` (the others are
+    skipped, with a count in the log): its PRM learns from outcome labels"""
+    prm: str | None = None
+    """PURE: the PRM folder (AutoModelForTokenClassification, 2 labels), `none` (or unset) for --reward-mode VR.
+    PRIME: the implicit PRM, a causal LM folder (default: --model, as PRIME starts it from the SFT model)"""
+    reward_mode: Literal["PRM", "VR", "PRMVR", "PRIME"] = "PRMVR"
+    """PURE: PRMVR (process + verifiable, headline), PRM (process only), VR (verifiable only); PRIME: implicit
+    process rewards + the verifier's outcome, always both (the implicit PRM cannot learn without the outcome)"""
     output_dir: str = "runs/pure"
     """metrics.jsonl, TensorBoard events, rollouts/, checkpoint-<step>/, curves.png"""
     kl_coef: Annotated[float, tyro.conf.arg(name="init-kl-coef")] = 0.001
-    """beta of the k1 KL penalty in the per-token reward, fixed (reference --init_kl_coef 0.001)"""
+    """beta of the k1 KL penalty in the per-token reward, fixed (reference --init_kl_coef 0.001; PRIME's credit
+    has none, as its run used KL 0)"""
     rollout_batch_size: int = 64
     """prompts per RL step, over all ranks (reference 64)"""
     n_samples_per_prompt: int = 4
@@ -93,6 +105,24 @@ class Args(CreditArgs):
     early_stop_zscore: float = 0.0
     """0 = off. Else stop (after checkpointing) when KL, response length, steps per response or the process reward
     lies more than this many standard deviations from its mean over the previous 10 steps"""
+    accuracy_filter: Literal["auto", "on", "off"] = "auto"
+    """PRIME's prompt filter: drop groups whose accuracy over their n samples lies outside
+    [--filter-lower, --filter-upper] and sample more prompts to refill the step (auto: on in PRIME mode only)"""
+    filter_lower: float = 0.2
+    """accuracy filter lower bound, included (PRIME: 0.2)"""
+    filter_upper: float = 0.8
+    """accuracy filter upper bound, included (PRIME: 0.8)"""
+    filter_max_rounds: int = 4
+    """extra rollout rounds to refill a filtered step; then the step trains on what survived (none: no update)"""
+    prm_learning_rate: float = 1e-6
+    """PRIME: the implicit PRM's AdamW lr (PRIME 1e-6)"""
+    prm_grad_clip: float = 10.0
+    """PRIME: the implicit PRM's gradient clipping (PRIME 10)"""
+    prime_beta_train: float = 0.05
+    """PRIME: beta in the PRM's loss BCE(sigmoid(beta * sum_t q_t), outcome) (PRIME 0.05)"""
+    prime_credit: Literal["token", "step"] = "token"
+    """PRIME: token = PRIME's credit (every token its own step, RLOO per reward source); step = beyond both papers:
+    the implicit rewards summed over each "\\n\\n" step and fed to PURE's --credit (min-form by default)"""
     track: bool = False
     """also log to Weights & Biases (TensorBoard always)"""
     wandb_project: str = "pure"
@@ -145,6 +175,17 @@ def response_logprobs(model, samples, pad_id, device):
     return logp * att[:, -T:]
 
 
+def step_sums(r, step_end):
+    """Sum of token rewards over each step, on the step's terminal token (0 elsewhere): p_k = sum_{t in step k} r_t.
+    r [B, T]; step_end [B, T] bool (terminal token of each step; the last at the final action token) -> [B, T]."""
+    C = r.cumsum(-1)  # [B, T] sum_{t'<=t} r_t'
+    t = torch.arange(r.shape[1], device=r.device).expand_as(r)  # [B, T]
+    last = torch.where(step_end, t, -1).cummax(-1).values  # [B, T] the latest terminal at or before t
+    prev = torch.cat([torch.full_like(last[:, :1], -1), last[:, :-1]], -1)  # [B, T] the latest terminal before t
+    before = torch.where(prev >= 0, C.gather(-1, prev.clamp(min=0)), 0)  # [B, T] C at the previous step's end
+    return torch.where(step_end, C - before, 0)
+
+
 def repetition(ids, n=4):
     """Share of repeated n-grams in a response: 1 - distinct/total (0 = none; -> 1 for a loop)."""
     grams = [tuple(ids[i:i + n]) for i in range(len(ids) - n + 1)]
@@ -170,6 +211,19 @@ def prompt_indices(step, n_prompts, batch, seed):
     epoch, pos = divmod(step - 1, per_epoch)
     perm = torch.randperm(n_prompts, generator=torch.Generator().manual_seed(seed + epoch))
     return perm[pos * batch:(pos + 1) * batch].tolist()
+
+
+def refill_indices(step, rank, round_, n_prompts, batch, seed):
+    """Prompts of an accuracy filter's extra rollout round: a fixed function of (seed, step, rank, round), so a
+    resumed run refills exactly as the uninterrupted one (the reference draws on from its dataloader)."""
+    g = torch.Generator().manual_seed(seed * 1_000_003 + step * 10_007 + rank * 101 + round_)
+    return torch.randperm(n_prompts, generator=g)[:batch].tolist()
+
+
+def optimizer_chunks(n, per_step, micro):
+    """Buffer positions 0..n-1 as optimizer steps of micro-batches: [[[positions] per micro-batch] per step]."""
+    return [[list(range(j, min(j + micro, s + per_step, n))) for j in range(s, min(s + per_step, n), micro)]
+            for s in range(0, n, per_step)]
 
 
 def latest_checkpoint(out):
@@ -202,85 +256,123 @@ def setup_distributed():
     return dist.get_rank(), dist.get_world_size(), int(os.environ["LOCAL_RANK"]), device
 
 
+def load_tokenizer(path):
+    """A model folder's (or hub name's) tokenizer; a wrong path is one line naming it, not a hub traceback."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as e:
+        raise InputError(path, None, None, f"not a model folder, nor a model name the hub has ({e})".splitlines()[0])\
+            from None
+
+
+def prm_path(args):
+    """The PRM folder: --prm; in PRIME mode, by default the policy's own starting checkpoint; None for none."""
+    if args.reward_mode == "PRIME":
+        return args.prm or args.model
+    return None if args.prm in (None, "none") else args.prm
+
+
 def check_inputs(args):
     """Everything that can be wrong with the input, checked before any model loads -> (prompts, tokenizer, PRM
     tokenizer or None). Raises InputError (one line)."""
-    from transformers import AutoTokenizer
-
     prompts = load_prompts(args.prompts)
+    if args.reward_mode == "PRIME":  # outcome labels need golds: the prompts without one are skipped
+        gold = [p for p in prompts if p["answer"] is not None]
+        if os.environ.get("RANK", "0") == "0":
+            print(f"PRIME: {len(gold)} of {len(prompts)} prompts have a gold answer; {len(prompts) - len(gold)} "
+                  "without one are skipped", flush=True)
+        prompts = gold
     R, n, n_prompts = args.rollout_batch_size, args.n_samples_per_prompt, len(prompts)
     world = int(os.environ.get("WORLD_SIZE", 1))
+    prm = prm_path(args)
     checks = [(R % world == 0, f"--rollout-batch-size {R} must be divisible by the {world} ranks"),
               (R * n % args.train_batch_size == 0, f"rollout {R}x{n} must be a multiple of --train-batch-size"),
               (args.train_batch_size % (args.micro_train_batch_size * world) == 0,
                "--train-batch-size must be a multiple of --micro-train-batch-size x ranks"),
               (n >= 2, "--n-samples-per-prompt must be >= 2 (leave-one-out baselines)"),
               (n_prompts >= R, f"{args.prompts}: {n_prompts} prompts, fewer than --rollout-batch-size {R}"),
-              (("PRM" in args.reward_mode) == (args.prm != "none"),
+              (args.reward_mode != "PRIME" or args.prm != "none", "--reward-mode PRIME needs a causal LM as --prm"),
+              (args.reward_mode == "PRIME" or ("PRM" in args.reward_mode) == (prm is not None),
                f"--reward-mode {args.reward_mode} with --prm {args.prm}: PRM modes need a PRM, VR needs `none`")]
     for ok, msg in checks:
         if not ok:
             raise InputError("arguments", None, None, msg)
-    tok = AutoTokenizer.from_pretrained(args.model)
-    if args.prm == "none":
+    tok = load_tokenizer(args.model)
+    if prm is None:
         return prompts, tok, None
-    prm_tok = AutoTokenizer.from_pretrained(args.prm)
+    prm_tok = load_tokenizer(prm)
     if prm_tok.get_vocab() != tok.get_vocab():  # the PRM reads the policy's token ids as they are (EM:825-870)
-        raise InputError(args.prm, None, "tokenizer", f"PRM tokenizer differs from the policy's ({args.model})")
+        raise InputError(prm, None, "tokenizer", f"PRM tokenizer differs from the policy's ({args.model})")
     return prompts, tok, prm_tok
 
 
 def load_models(args, device, tok):
-    """Actor (trainable), frozen reference, frozen PRM (or None), all on the CPU. bf16 on GPU, fp32 on CPU."""
+    """Actor (trainable), frozen reference, PRM (frozen token classifier; in PRIME mode a trainable causal LM; or
+    None), all on the CPU. bf16 on GPU, fp32 on CPU."""
     from transformers import AutoModelForCausalLM, AutoModelForTokenClassification
 
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     actor = AutoModelForCausalLM.from_pretrained(args.model, dtype=dtype)
-    if args.gradient_checkpointing:
-        actor.gradient_checkpointing_enable()
     if len(tok) > actor.config.vocab_size:
         raise InputError(args.model, None, "vocab_size",
                          f"the tokenizer has {len(tok)} tokens, the model {actor.config.vocab_size}")
     # Frozen models wait in host memory and visit the device only for their forward pass (no-op on CPU).
     ref = AutoModelForCausalLM.from_pretrained(args.model, dtype=dtype).eval().requires_grad_(False)
-    if args.prm == "none":
-        return actor, ref, None
-    prm = AutoModelForTokenClassification.from_pretrained(args.prm, dtype=dtype).eval().requires_grad_(False)
+    path, prm = prm_path(args), None
+    if args.reward_mode == "PRIME":
+        prm = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    elif path is not None:
+        prm = AutoModelForTokenClassification.from_pretrained(path, dtype=dtype).eval().requires_grad_(False)
+    for model in (actor, prm) if args.reward_mode == "PRIME" else (actor,):
+        if args.gradient_checkpointing:
+            model.gradient_checkpointing_enable()
     return actor, ref, prm
 
 
-def ds_config(args, cuda):
-    """ZeRO-2: every rank keeps full bf16 weights (trivial weight sync), optimizer state and gradients sharded."""
+def ds_config(args, cuda, grad_clip=1.0):
+    """ZeRO-2: every rank keeps full bf16 weights (trivial weight sync), optimizer state and gradients sharded.
+    The loop owns gradient accumulation (each engine.step() is one optimizer step; see ppo_update), so a step whose
+    filtered buffer is short still takes exactly the optimizer steps its sequences make."""
     return {"train_batch_size": args.train_batch_size, "train_micro_batch_size_per_gpu": args.micro_train_batch_size,
-            "gradient_clipping": 1.0, "zero_optimization": {"stage": 2}, "bf16": {"enabled": cuda},
-            "steps_per_print": 10**9}
+            "gradient_clipping": grad_clip, "zero_optimization": {"stage": 2}, "bf16": {"enabled": cuda},
+            "managed_gradient_accumulation": False, "steps_per_print": 10**9}
 
 
 def drop_old_ds_states(out, newest):
-    """Checkpoint rotation: every checkpoint-<step>/ in `out` but `newest` loses its DeepSpeed state (ds/: weights,
-    fp32 master and Adam shards, ~106 GB for a 7B policy; plus the `latest` file naming it and DeepSpeed's scripts
-    that read it) and keeps its HF weights, tokenizer and trainer_state.json. Resume reads the newest checkpoint."""
+    """Checkpoint rotation: every checkpoint-<step>/ in `out` but `newest` loses its DeepSpeed states (ds/ and, in
+    PRIME mode, ds_prm/: weights, fp32 master and Adam shards, ~106 GB for a 7B model; plus the `latest` file naming
+    one and DeepSpeed's scripts that read it) and keeps its HF weights, tokenizer and trainer_state.json. Resume
+    reads the newest checkpoint."""
     for d in out.glob("checkpoint-*"):
         if d != newest and (d / "ds").is_dir():
-            shutil.rmtree(d / "ds")
+            for name in ("ds", "ds_prm"):
+                shutil.rmtree(d / name, ignore_errors=True)
             for name in ("latest", "zero_to_fp32.py", "zero_to_torch.py"):
                 (d / name).unlink(missing_ok=True)
 
 
-def save_checkpoint(engine, tok, out, step, rank, keep_all_ds=False):
+def save_checkpoint(engine, tok, out, step, rank, keep_all_ds=False, prm_engine=None):
     """checkpoint-<step>/: HF weights + tokenizer (AutoModelForCausalLM-loadable), DeepSpeed state (optimizer) in
-    ds/, trainer_state.json (step; prompt order, sampling seeds and shuffles derive from seed + step). Written to a
-    temporary folder and renamed, so a kill never leaves a half checkpoint that resume would pick; only then do the
-    older checkpoints lose their ds/ (unless keep_all_ds)."""
+    ds/, in PRIME mode the implicit PRM in prm/ (HF) and ds_prm/, trainer_state.json (step; prompt order, sampling
+    seeds and shuffles derive from seed + step). Written to a temporary folder and renamed, so a kill never leaves a
+    half checkpoint that resume would pick; only then do the older checkpoints lose their DeepSpeed states (unless
+    keep_all_ds)."""
     final, tmp = out / f"checkpoint-{step}", out / f".checkpoint-{step}.tmp"
     if rank == 0:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     dist.barrier()
     engine.save_checkpoint(str(tmp), tag="ds")
+    if prm_engine is not None:
+        prm_engine.save_checkpoint(str(tmp), tag="ds_prm")
     if rank == 0:
         engine.module.save_pretrained(tmp)
         tok.save_pretrained(tmp)
+        if prm_engine is not None:
+            prm_engine.module.save_pretrained(tmp / "prm")
+            tok.save_pretrained(tmp / "prm")
         (tmp / "trainer_state.json").write_text(json.dumps({"step": step}))
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
@@ -289,21 +381,22 @@ def save_checkpoint(engine, tok, out, step, rank, keep_all_ds=False):
     dist.barrier()
 
 
-def buffer_tensors(samples, counts, scores):
+# ---------------------------------------------------------------------------------------------------------------
+# One step's buffer on this rank
+
+
+def buffer_tensors(samples, counts):
     """Right-padded [B, T] tensors of the buffer (T = longest response): action_mask (every generated token, EOS
-    included), step_end (terminal token of each step; the last at the final token), process_rewards (p_k on step
-    k's terminal token, 0 elsewhere; all 0 without a PRM), vllm_logp (the sampler's log-probs)."""
+    included), step_end (terminal token of each step; the last at the final token), vllm_logp (the sampler's
+    log-probs)."""
     B, T = len(samples), max(len(s["response_ids"]) for s in samples)
-    action_mask, step_end = torch.zeros(B, T, dtype=torch.bool), torch.zeros(B, T, dtype=torch.bool)
-    process_rewards, vllm_logp = torch.zeros(B, T), torch.zeros(B, T)
+    action_mask, step_end, vllm_logp = torch.zeros(B, T, dtype=torch.bool), torch.zeros(B, T, dtype=torch.bool), \
+        torch.zeros(B, T)
     for i, s in enumerate(samples):
         L = len(s["response_ids"])
-        ends = torch.tensor(counts[i]).cumsum(0) - 1  # [K] the last one is L - 1
-        action_mask[i, :L], step_end[i, ends] = True, True
+        action_mask[i, :L], step_end[i, torch.tensor(counts[i]).cumsum(0) - 1] = True, True  # the last end is L - 1
         vllm_logp[i, :L] = torch.tensor(s["logprobs"])
-        if scores is not None:
-            process_rewards[i, ends] = torch.tensor(scores[i], dtype=torch.float32)
-    return action_mask, step_end, process_rewards, vllm_logp
+    return action_mask, step_end, vllm_logp
 
 
 def gather(obj, world):
@@ -322,6 +415,15 @@ def all_ranks_ok(ok, device):
     return flag.item() == 1.0
 
 
+def all_reduce_on(device):
+    """A sum all-reduce for credit.py that moves its tensor to `device` and back (NCCL only reduces GPU tensors)."""
+    def reduce(x):
+        y = x.to(device)
+        dist.all_reduce(y)
+        x.copy_(y)
+    return reduce
+
+
 def buffer_logprobs(model, samples, T, micro, pad_id, device):
     """response_logprobs over the whole buffer in micro-batches, no grad. -> [B, T] fp32 on the CPU. A frozen model
     kept in host memory visits `device` only for this (no-op on CPU)."""
@@ -334,34 +436,62 @@ def buffer_logprobs(model, samples, T, micro, pad_id, device):
     return logp
 
 
-def ppo_update(engine, samples, old_logp, advantages, action_mask, args, pad_id, device, generator):
-    """One PPO epoch over the shuffled buffer in micro-batches; DeepSpeed steps the optimizer (grad clip 1.0) every
-    train_batch_size / world sequences. -> per-micro-batch means [loss, ratio, clip_frac, zeroed]."""
+def ppo_update(engine, samples, old_logp, advantages, action_mask, args, world, pad_id, device, generator):
+    """One PPO epoch over the shuffled buffer: optimizer steps of train_batch_size / world sequences per rank, each
+    the mean of its micro-batches' losses (engine.step() clips at 1.0 and steps AdamW). -> per-micro-batch means."""
     engine.train()
     order = torch.randperm(len(samples), generator=generator)  # the reference shuffles its replay buffer
     stats = []
-    for j in range(0, len(samples), args.micro_train_batch_size):
-        mb = order[j:j + args.micro_train_batch_size]
-        logp = response_logprobs(engine, [samples[i] for i in mb], pad_id, device)  # [b, Tb]
-        Tb = logp.shape[1]
-        loss, ratio, clip_frac = ppo_loss(logp, old_logp[mb, :Tb].to(device), advantages[mb, :Tb].to(device),
-                                          action_mask[mb, :Tb].to(device), args.eps_clip)
-        if not all_ranks_ok(bool(loss.isfinite()), device):
-            raise Stop("non-finite PPO loss")
-        engine.backward(loss)  # DeepSpeed divides by the gradient-accumulation steps
-        engine.step()  # a no-op except at accumulation boundaries
-        stats.append([loss.item(), ratio.item(), clip_frac.item(), float(ratio.item() > 10)])
-    return torch.tensor(stats, dtype=torch.float64).mean(0)  # [4]
+    for chunk in optimizer_chunks(len(samples), args.train_batch_size // world, args.micro_train_batch_size):
+        for positions in chunk:
+            mb = order[positions]
+            logp = response_logprobs(engine, [samples[i] for i in mb], pad_id, device)  # [b, Tb]
+            Tb = logp.shape[1]
+            loss, ratio, clip_frac = ppo_loss(logp, old_logp[mb, :Tb].to(device), advantages[mb, :Tb].to(device),
+                                              action_mask[mb, :Tb].to(device), args.eps_clip)
+            if not all_ranks_ok(bool(loss.isfinite()), device):
+                raise Stop("non-finite PPO loss")
+            engine.backward(loss / len(chunk), scale_wrt_gas=False)
+            stats.append([loss.item(), ratio.item(), clip_frac.item(), float(ratio.item() > 10)])
+        engine.step()
+    mean = torch.tensor(stats, dtype=torch.float64).mean(0).tolist()
+    return dict(zip(["loss", "ratio", "clip_frac", "zeroed_micro_batches"], mean))
 
 
-def sample_records(samples, prompts, idx, golds, grades, counts, scores, first_position):
-    """One loggable dict per sample (rollouts/step-<N>.jsonl and the metrics)."""
-    return [{"prompt": format_prompt(prompts[idx[s["prompt_index"]]]["question"]),
-             "prompt_position": first_position + s["prompt_index"], "response": s["response_text"],
-             "gold": golds[i], "correct": grades[i]["correct"], "extracted": grades[i]["extracted"],
-             "length": len(s["response_ids"]), "steps": len(counts[i]), "finish_reason": s["finish_reason"],
-             "repetition": repetition(s["response_ids"]), "prm_scores": scores[i] if scores is not None else None}
-            for i, s in enumerate(samples)]
+def prime_prm_update(engine, samples, ref_logp, action_mask, solved, args, world, pad_id, device):
+    """One pass of PRIME's online implicit-PRM update over the buffer, in order (dp_prime.py, update=after):
+        L_CE = BCE(sigmoid(beta_train * sum_t q_t), solved),   q_t = log pi_psi(y_t) - log pi_ref(y_t)
+    in optimizer steps of train_batch_size / world sequences (engine.step() clips at --prm-grad-clip). The rewards
+    come from the update's own forward passes: log pi_psi is returned as each micro-batch saw it, before the
+    optimizer step that follows. -> (log pi_psi [B, T] detached on the CPU, {prm/loss, prm/outcome_accuracy})."""
+    engine.train()
+    logp_prm, losses, hits = torch.zeros(ref_logp.shape), [], 0
+    for chunk in optimizer_chunks(len(samples), args.train_batch_size // world, args.micro_train_batch_size):
+        for mb in chunk:
+            logp = response_logprobs(engine, [samples[i] for i in mb], pad_id, device)  # [b, Tb] with grad
+            Tb = logp.shape[1]
+            ref, mask = ref_logp[mb, :Tb].to(device), action_mask[mb, :Tb].to(device)
+            loss = prime_prm_loss(logp, ref, mask, solved[mb].to(device), args.prime_beta_train)
+            if not all_ranks_ok(bool(loss.isfinite()), device):
+                raise Stop("non-finite implicit-PRM loss")
+            engine.backward(loss / len(chunk), scale_wrt_gas=False)
+            logp_prm[mb, :Tb] = logp.detach().float().cpu()
+            z = ((logp.detach() - ref) * mask).sum(-1)  # [b] its sign is the PRM's outcome prediction
+            hits += ((z > 0).cpu() == solved[mb].bool()).sum().item()
+            losses.append(loss.item())
+        engine.step()
+    return logp_prm, {"prm/loss": sum(losses) / len(losses), "prm/outcome_accuracy": hits / len(samples)}
+
+
+def sample_records(samples, prompts, grades, counts, scores):
+    """One loggable dict per sample (rollouts/step-<N>.jsonl and the metrics). gold: the verifiable reward's gold
+    (None: no VR); reference: what the sample was graded against (gold, else the logging-only ref_answer)."""
+    return [{"prompt": format_prompt(prompts[s["prompt_id"]]["question"]), "prompt_id": s["prompt_id"],
+             "response": s["response_text"], "gold": prompts[s["prompt_id"]]["answer"],
+             "reference": prompts[s["prompt_id"]]["ref_answer"], "correct": grades[i]["correct"],
+             "extracted": grades[i]["extracted"], "length": len(s["response_ids"]), "steps": len(counts[i]),
+             "finish_reason": s["finish_reason"], "repetition": repetition(s["response_ids"]),
+             "prm_scores": scores[i] if scores is not None else None} for i, s in enumerate(samples)]
 
 
 def open_logs(args, out, start):
@@ -389,6 +519,7 @@ def start_run(args):
     -> run state (a namespace the phases below share)."""
     import deepspeed
 
+    log_libraries_to(Path(args.output_dir) / "library.log")  # vLLM, DeepSpeed, transformers: not on the console
     prompts, tok, prm_tok = check_inputs(args)
     rank, world, local_rank, device = setup_distributed()
     out = Path(args.output_dir)
@@ -419,11 +550,19 @@ def start_run(args):
     if rank == 0:
         print(f"weight sync: {nbytes / 1e6:,.1f} MB per push through {sync_dir}"
               + (" (a disk folder: /dev/shm lacks the room)" if sync_dir == fallback else ""), flush=True)
+    ds_args = SimpleNamespace(device_rank=0) if cuda else None  # our GPU is cuda:0
     optimizer = torch.optim.AdamW(actor.parameters(), lr=args.actor_learning_rate, betas=(0.9, 0.95), weight_decay=0.0)
-    engine, *_ = deepspeed.initialize(model=actor, optimizer=optimizer, config=ds_config(args, cuda),
-                                      args=SimpleNamespace(device_rank=0) if cuda else None)  # our GPU is cuda:0
+    engine, *_ = deepspeed.initialize(model=actor, optimizer=optimizer, config=ds_config(args, cuda), args=ds_args)
+    prm_engine = None
+    if args.reward_mode == "PRIME":  # the implicit PRM trains: its own AdamW (verl's defaults) and clip
+        optimizer = torch.optim.AdamW(prm.parameters(), lr=args.prm_learning_rate, betas=(0.9, 0.999),
+                                      weight_decay=0.01)
+        prm_engine, *_ = deepspeed.initialize(model=prm, optimizer=optimizer, args=ds_args,
+                                              config=ds_config(args, cuda, args.prm_grad_clip))
     if resume_dir is not None:
         engine.load_checkpoint(str(resume_dir), tag="ds")  # weights + optimizer state
+        if prm_engine is not None:
+            prm_engine.load_checkpoint(str(resume_dir), tag="ds_prm")
     writer, history = open_logs(args, out, start) if rank == 0 else (None, [])
     R_local = args.rollout_batch_size // world
     if rank == 0:
@@ -431,115 +570,182 @@ def start_run(args):
               f"{args.n_samples_per_prompt} samples, micro-batches of {args.micro_train_batch_size}", flush=True)
     return SimpleNamespace(args=args, prompts=prompts, tok=tok, prm_tok=prm_tok, rank=rank, world=world,
                            local_rank=local_rank, device=device, cuda=cuda, out=out, start=start, R_local=R_local,
-                           llm=llm, sync_dir=sync_dir, engine=engine, ref=ref, prm=prm,
-                           writer=writer, history=history,
-                           t={})  # t: phase end times of the current step
+                           llm=llm, sync_dir=sync_dir, engine=engine, ref=ref, prm=prm, prm_engine=prm_engine,
+                           writer=writer, history=history, t={}, last=0.0)  # t: seconds per phase of the step
 
 
-def rollout_and_rewards(s, step):
-    """ROLLOUT this rank's share of the step's prompts (n adjacent samples each), then REWARDS: steps (split at
-    runs of 2+ newlines), PRM score p_k per step, answer grades. -> (idx, samples, golds, counts, grades, scores)."""
-    from rewards import grade_many, prm_scores, split_steps
+def rollout(s, step):
+    """ROLLOUT this rank's share of the step's prompts, n adjacent samples each, graded against the prompt's gold
+    (`answer`, else its logging-only `ref_answer`). With the accuracy filter (PRIME's, on in PRIME mode), a group
+    whose accuracy lies outside [--filter-lower, --filter-upper] is dropped and fresh prompts are drawn, for up to
+    --filter-max-rounds extra rounds; then every rank keeps the same number of groups, the fewest any rank has (at
+    most its share: DeepSpeed needs the same backward passes on every rank). -> (samples, grades, filter counts)."""
+    from rewards import grade_many
 
     args, n = s.args, s.args.n_samples_per_prompt
+    use_filter = args.accuracy_filter == "on" or args.accuracy_filter == "auto" and args.reward_mode == "PRIME"
     idx = prompt_indices(step, len(s.prompts), args.rollout_batch_size, args.seed)
-    idx = idx[s.rank * s.R_local:(s.rank + 1) * s.R_local]
+    idx, kept, drawn = idx[s.rank * s.R_local:(s.rank + 1) * s.R_local], [], 0
     if s.cuda:
         wake_engine(s.llm)  # weights + KV cache
-    samples = generate(s.llm, [format_prompt(s.prompts[i]["question"]) for i in idx], n=n,
+    for round_ in range(1 + args.filter_max_rounds * use_filter):
+        if round_:
+            idx = refill_indices(step, s.rank, round_, len(s.prompts), s.R_local, args.seed)
+        first = ((step - 1) + round_ * args.max_steps) * args.rollout_batch_size + s.rank * s.R_local  # own seeds
+        out = generate(s.llm, [format_prompt(s.prompts[i]["question"]) for i in idx], n=n,
                        temperature=args.temperature, top_p=args.top_p, max_tokens=args.generate_max_len,
-                       max_prompt_len=args.prompt_max_len,
-                       seed=args.seed + ((step - 1) * args.rollout_batch_size + s.rank * s.R_local) * n)
+                       max_prompt_len=args.prompt_max_len, seed=args.seed + first * n)
+        for x in out:
+            x["prompt_id"] = idx[x["prompt_index"]]
+        grades = grade_many([x["response_text"] for x in out], [s.prompts[x["prompt_id"]]["ref_answer"] for x in out],
+                            timeout=args.grader_timeout)
+        drawn += len(idx)
+        solved = torch.tensor([float(bool(g["correct"])) for g in grades])  # [n * len(idx)]
+        graded = torch.tensor([g["correct"] is not None for g in grades]).view(-1, n).all(-1)  # [len(idx)]
+        keep = prime_filter(solved, n, args.filter_lower, args.filter_upper) | ~graded if use_filter else graded | 1
+        kept += [[(out[j], grades[j]) for j in range(g * n, (g + 1) * n)] for g in keep.nonzero().flatten().tolist()]
+        if len(kept) >= s.R_local:
+            break
     if s.cuda:
         s.llm.sleep(level=1)
-    golds = [s.prompts[idx[x["prompt_index"]]]["answer"] for x in samples]
-    s.t["gen"] = time.time()
-    counts = [split_steps(x["response_ids"], s.tok) for x in samples]
-    grades = grade_many([x["response_text"] for x in samples], golds, timeout=args.grader_timeout)
-    scores = None  # list of K_i floats p_k per response
+    K = torch.tensor([min(len(kept), s.R_local)], device=s.device)
+    dist.all_reduce(K, op=dist.ReduceOp.MIN)
+    kept = [pair for group in kept[:int(K.item())] for pair in group]
+    return [x for x, _ in kept], [g for _, g in kept], {"filter/drawn": drawn, "filter/kept": int(K.item())}
+
+
+def pure_rewards(s, samples, grades, counts, action_mask, step_end, ref_logp, logratio):
+    """REWARDS + CREDIT, PURE: the PRM's p_k per step (rewards.prm_scores; none in VR mode), the verifiable reward
+    where the prompt has a gold answer, then min-form credit, token RLOO baseline, KL and whitening over all ranks
+    (credit.pure_advantages). -> (advantages [B, T], p_k per response or None, info)."""
+    from rewards import prm_scores
+
+    args, scores = s.args, None
+    process_rewards = torch.zeros(action_mask.shape)  # [B, T] p_k on step k's terminal token
     if s.prm is not None:
         scores = prm_scores(s.prm.to(s.device), s.prm_tok, [x["prompt_ids"] for x in samples],
                             [x["response_ids"] for x in samples], batch_size=args.micro_rollout_batch_size)
         s.prm.to("cpu")
-    return idx, samples, golds, counts, grades, scores
-
-
-def rl_step(s, step):
-    """One RL step on this rank: ROLLOUT -> REWARDS -> LOG-PROBS -> CREDIT -> PPO UPDATE -> SYNC WEIGHTS TO vLLM.
-    -> (per-sample records, sums, maxes) for log_step (see step_metrics for the last two)."""
-    args, device, pad = s.args, s.device, s.tok.pad_token_id
-    s.t = {"start": time.time()}
-    idx, samples, golds, counts, grades, scores = rollout_and_rewards(s, step)
-    has_gold = torch.tensor([g is not None for g in golds])  # [B]
-    # [B] solved = 1 when there is no gold answer, as in the reference (EM:1118-1129); VR ignores those rows
-    solved = torch.tensor([1.0 if g["correct"] is None else float(g["correct"]) for g in grades])
-    action_mask, step_end, process_rewards, vllm_logp = buffer_tensors(samples, counts, scores)  # [B, T] each
-    if not all_ranks_ok(bool(process_rewards.isfinite().all()), device):
-        raise Stop(f"step {step}: non-finite PRM score")
-    s.t["prm"] = time.time()
-
-    # LOG-PROBS: policy before the update (pi_old, recomputed by the trainer) and frozen reference
-    T, micro = action_mask.shape[1], args.micro_rollout_batch_size
-    old_logp = buffer_logprobs(s.engine.module, samples, T, micro, pad, device)  # [B, T]
-    ref_logp = buffer_logprobs(s.ref, samples, T, micro, pad, device)  # [B, T]
-    s.ref.to("cpu")
-    logratio = (old_logp - ref_logp) * action_mask  # [B, T] k1 KL estimate per token
-    s.t["ref"] = time.time()
-
-    # CREDIT: min-form process returns + RLOO baselines + VR + KL, whitened over all ranks (on the device: NCCL)
-    advantages, returns, info = pure_advantages(
+        process_rewards[step_end] = torch.tensor([p for ps in scores for p in ps])  # row-major: step k of row i
+    if not all_ranks_ok(bool(process_rewards.isfinite().all()), s.device):
+        raise Stop("non-finite PRM score")
+    has_gold = torch.tensor([s.prompts[x["prompt_id"]]["answer"] is not None for x in samples])  # [B]
+    # [B] solved = 1 where there is no gold answer, as in the reference (EM:1118-1129); VR ignores those rows
+    solved = torch.tensor([float(g["correct"]) if h else 1.0 for g, h in zip(grades, has_gold.tolist())])
+    advantages, _, info = pure_advantages(
         process_rewards, step_end, action_mask, solved, has_gold, logratio, args.n_samples_per_prompt,
         credit=args.credit, temperature=args.credit_temperature, baseline=args.baseline,
         reward_mode=args.reward_mode, vr_coef=args.vr_coef, kl_coef=args.kl_coef,
-        mask_separators=args.mask_separators, normalize=args.normalize, all_reduce=all_reduce_on(device))
-    if not all_ranks_ok(bool(advantages.isfinite().all()), device):
-        raise Stop(f"step {step}: non-finite advantages")
-
-    # PPO UPDATE: shuffled buffer, micro-batches, one optimizer step per train batch
-    shuffle = torch.Generator().manual_seed(args.seed * 100_003 + step * 1_009 + s.rank)
-    stats = ppo_update(s.engine, samples, old_logp, advantages, action_mask, args, pad, device, shuffle)
-    s.t["train"] = time.time()
-
-    # SYNC WEIGHTS TO vLLM: local rank 0 writes /dev/shm (or its fallback) once per node, every engine reloads
-    dist.barrier()
-    if s.cuda:
-        wake_engine(s.llm, tags=["weights"])  # the reload needs the weights only, not the KV cache
-    sync_weights(s.llm, s.engine.module.state_dict() if s.local_rank == 0 else None, s.sync_dir, barrier=dist.barrier)
-    if s.cuda:
-        s.llm.sleep(level=1)
-    s.t["sync"] = time.time()
-
-    per_sample = sample_records(samples, s.prompts, idx, golds, grades, counts, scores,
-                                (step - 1) * args.rollout_batch_size + s.rank * s.R_local)
-    vllm_diff = (vllm_logp - old_logp).abs() * action_mask  # [B, T]
-    sums = torch.tensor([action_mask.sum().item(), logratio.sum().item(), vllm_diff.sum().item(), *stats.tolist(),
-                         info["reward"], info.get("whiten_std", float("nan"))], dtype=torch.float64)
-    maxes = torch.tensor([vllm_diff.max().item()] + [s.t[k] - s.t[p] for p, k in
-                                                     zip(["start", "gen", "prm", "ref", "train"],
-                                                         ["gen", "prm", "ref", "train", "sync"])])
-    return per_sample, sums, maxes
+        mask_separators=args.mask_separators, normalize=args.normalize, all_reduce=all_reduce_on(s.device))
+    return advantages, scores, {"reward/process": info["reward"], "advantage_std": info.get("whiten_std", math.nan)}
 
 
-def all_reduce_on(device):
-    """A sum all-reduce for credit.py that moves its tensor to `device` and back (NCCL only reduces GPU tensors)."""
-    def reduce(x):
-        y = x.to(device)
-        dist.all_reduce(y)
-        x.copy_(y)
-    return reduce
+def prime_rewards(s, samples, grades, counts, action_mask, step_end, ref_logp, logratio):
+    """REWARDS + CREDIT, PRIME: one pass of the implicit PRM's online update (prime_prm_update) gives
+    r_t = log pi_psi(y_t) - log pi_ref(y_t) (QUIRK: no beta on the reward, dp_prime.py) divided by the buffer's
+    largest |return| (QUIRK prime_norm=batch_norm, on this rank's buffer as in the reference); then PRIME's RLOO per
+    reward source, implicit rewards and the verifier's outcome weighted 1:1 (QUIRK: rm_coef and reward_coef never
+    reach this path), whitened over all ranks (credit.prime_advantages). --prime-credit step instead sums r_t over
+    each step into PURE's credit (credit.pure_advantages with --credit, the outcome as its verifiable reward).
+    -> (advantages [B, T], implicit reward of each step per response, info)."""
+    args, n, B = s.args, s.args.n_samples_per_prompt, len(samples)
+    solved = torch.tensor([float(g["correct"]) for g in grades])  # [B] every PRIME prompt has a gold
+    logp_prm, info = prime_prm_update(s.prm_engine, samples, ref_logp, action_mask, solved, args, s.world,
+                                      s.tok.pad_token_id, s.device)
+    r = prime_token_rewards(logp_prm, ref_logp, action_mask)  # [B, T] beta = 1, batch norm
+    p = step_sums(r, step_end)  # [B, T] implicit reward of each step, on its terminal token
+    scores = [p[i][step_end[i]].tolist() for i in range(B)]
+    if args.prime_credit == "token":
+        advantages, _, credit = prime_advantages(r, action_mask, solved, n, all_reduce=all_reduce_on(s.device))
+        info["reward/process"] = credit["implicit_reward"]
+    else:
+        advantages, _, credit = pure_advantages(
+            p, step_end, action_mask, solved, torch.ones(B, dtype=torch.bool), logratio, n, credit=args.credit,
+            temperature=args.credit_temperature, baseline=args.baseline, reward_mode="PRMVR", vr_coef=args.vr_coef,
+            kl_coef=args.kl_coef, mask_separators=args.mask_separators, normalize=args.normalize,
+            all_reduce=all_reduce_on(s.device))
+        info["reward/process"] = credit["reward"]
+    return advantages, scores, {**info, "advantage_std": credit.get("whiten_std", math.nan)}
 
 
-def log_step(s, step, per_sample, sums, maxes):
-    """LOG: reduce over ranks; rank 0 writes metrics.jsonl, TensorBoard, rollouts/ and checks the early-stop rule.
+def rl_step(s, step):
+    """One RL step on this rank: ROLLOUT -> LOG-PROBS -> REWARDS + CREDIT (PURE or PRIME) -> PPO UPDATE -> SYNC
+    WEIGHTS TO vLLM. -> (per-sample records, {"sum": ..., "mean": ..., "max": ...} for log_step to reduce over
+    ranks by name). A step whose filtered buffer is empty on some rank makes no update (policy_updated 0)."""
+    from rewards import split_steps
+
+    args, device, pad = s.args, s.device, s.tok.pad_token_id
+    s.t, s.last = {}, time.time()
+    samples, grades, counts_filter = rollout(s, step)
+    tick(s, "gen")
+    stats = {"sum": {**counts_filter, "tokens": 0.0, "kl": 0.0, "vllm_diff": 0.0}, "mean": {}, "max": {}}
+    per_sample = []
+    if samples:
+        counts = [split_steps(x["response_ids"], s.tok) for x in samples]  # steps end at runs of 2+ newlines
+        action_mask, step_end, vllm_logp = buffer_tensors(samples, counts)  # [B, T] each
+
+        # LOG-PROBS: policy before the update (pi_old, recomputed by the trainer) and frozen reference
+        T, micro = action_mask.shape[1], args.micro_rollout_batch_size
+        old_logp = buffer_logprobs(s.engine.module, samples, T, micro, pad, device)  # [B, T]
+        ref_logp = buffer_logprobs(s.ref, samples, T, micro, pad, device)  # [B, T]
+        s.ref.to("cpu")
+        logratio = (old_logp - ref_logp) * action_mask  # [B, T] k1 KL estimate per token
+        tick(s, "ref")
+
+        # REWARDS + CREDIT: the one place where PURE and PRIME differ
+        rewards_and_credit = prime_rewards if args.reward_mode == "PRIME" else pure_rewards
+        advantages, scores, info = rewards_and_credit(s, samples, grades, counts, action_mask, step_end, ref_logp,
+                                                      logratio)
+        if not all_ranks_ok(bool(advantages.isfinite().all()), device):
+            raise Stop(f"step {step}: non-finite advantages")
+        tick(s, "prm")
+
+        # PPO UPDATE: shuffled buffer, micro-batches, optimizer steps of train_batch_size sequences (all ranks)
+        shuffle = torch.Generator().manual_seed(args.seed * 100_003 + step * 1_009 + s.rank)
+        update = ppo_update(s.engine, samples, old_logp, advantages, action_mask, args, s.world, pad, device, shuffle)
+        tick(s, "train")
+
+        # SYNC WEIGHTS TO vLLM: local rank 0 writes /dev/shm (or its fallback) once per node, every engine reloads
+        dist.barrier()
+        if s.cuda:
+            wake_engine(s.llm, tags=["weights"])  # the reload needs the weights only, not the KV cache
+        sync_weights(s.llm, s.engine.module.state_dict() if s.local_rank == 0 else None, s.sync_dir,
+                     barrier=dist.barrier)
+        if s.cuda:
+            s.llm.sleep(level=1)
+        tick(s, "sync")
+        vllm_diff = (vllm_logp - old_logp).abs() * action_mask  # [B, T]
+        per_sample = sample_records(samples, s.prompts, grades, counts, scores)
+        stats["sum"].update(tokens=action_mask.sum().item(), kl=logratio.sum().item(), vllm_diff=vllm_diff.sum().item())
+        stats["mean"] = {**update, **info}
+        stats["max"]["logprob_diff_vllm/max"] = vllm_diff.max().item()
+    stats["max"].update({f"time/{phase}": s.t.get(phase, 0.0) for phase in PHASES})  # a skipped phase: 0 s
+    return per_sample, stats
+
+
+PHASES = ["gen", "ref", "prm", "train", "sync"]  # gen: generation + grading; prm: rewards + credit
+
+
+def tick(s, phase):
+    """Seconds `phase` took since the previous tick -> s.t[phase] (time/<phase> in the metrics)."""
+    now = time.time()
+    s.t[phase], s.last = now - s.last, now
+
+
+def log_step(s, step, per_sample, stats):
+    """LOG: reduce the stats over ranks by name (sums summed, per-rank means averaged, maxima maxed: a phase lasts as
+    long as its slowest rank); rank 0 writes metrics.jsonl, TensorBoard, rollouts/ and checks the early-stop rule.
     -> the name of the metric that jumped (early stop), or None, on every rank."""
-    args = s.args
-    sums, maxes = sums.to(s.device), maxes.to(s.device)
-    dist.all_reduce(sums)
-    dist.all_reduce(maxes, op=dist.ReduceOp.MAX)  # a phase lasts as long as its slowest rank
+    args, reduced = s.args, {}
+    for kind, op in (("sum", dist.ReduceOp.SUM), ("mean", dist.ReduceOp.SUM), ("max", dist.ReduceOp.MAX)):
+        keys = sorted(stats[kind])  # the same names on every rank
+        values = torch.tensor([float(stats[kind][k]) for k in keys], dtype=torch.float64, device=s.device)
+        dist.all_reduce(values, op=op)
+        reduced.update({k: v / (s.world if kind == "mean" else 1) for k, v in zip(keys, values.tolist())})
     per_sample = gather(per_sample, s.world)
     jump = [None]
     if s.rank == 0:
-        row = step_metrics(step, args, per_sample, sums.tolist(), maxes.tolist(), s.world)
+        row = step_metrics(step, args, per_sample, reduced)
         for k, v in row.items():
             if finite(v):
                 s.writer.add_scalar(k, v, step)
@@ -547,8 +753,8 @@ def log_step(s, step, per_sample, sums, maxes):
             f.write(json.dumps(row) + "\n")
         if step % args.rollouts_every == 0:
             write_jsonl(s.out / "rollouts" / f"step-{step}.jsonl", per_sample)
-        print(f"step {step}: reward {row['reward/combined']:.3f} solved {row['solved']} kl {row['kl']:.2e} "
-              f"len {row['response_length']:.0f} ({row['time/step']:.1f}s)", flush=True)
+        print(f"step {step}: reward {row['reward/combined'] or 0:.3f} solved {row['solved']} kl {row['kl'] or 0:.2e} "
+              f"len {row['response_length'] or 0:.0f} ({row['time/step']:.1f}s)", flush=True)
         if args.early_stop_zscore > 0:
             jump[0] = sudden_jump(s.history, row, EARLY_STOP_KEYS, args.early_stop_zscore)
         s.history.append(row)
@@ -561,7 +767,7 @@ def main(args):
     for step in range(s.start + 1, args.max_steps + 1):
         jump = log_step(s, step, *rl_step(s, step))
         if step % args.save_steps == 0 or step == args.max_steps or jump:  # CHECKPOINT
-            save_checkpoint(s.engine, s.tok, s.out, step, s.rank, args.keep_all_ds_states)
+            save_checkpoint(s.engine, s.tok, s.out, step, s.rank, args.keep_all_ds_states, s.prm_engine)
         if jump:
             if s.rank == 0:
                 print(f"early stop at step {step}: sudden jump in {jump}", flush=True)
@@ -576,48 +782,47 @@ def main(args):
 
 EARLY_STOP_KEYS = ["kl", "response_length", "steps_per_response", "reward/process"]
 PLOT_KEYS = ["reward/combined", "reward/process", "reward/verifiable", "solved", "prm_vr_agreement", "kl",
-             "clip_frac", "response_length", "steps_per_response", "tokens_per_step", "repetition",
-             "logprob_diff_vllm/mean", "time/step"]
+             "clip_frac", "response_length", "steps_per_response", "tokens_per_step", "repetition", "prm/loss",
+             "prm/outcome_accuracy", "filter/keep_rate", "logprob_diff_vllm/mean", "time/step"]
 
 
-def step_metrics(step, args, per_sample, sums, maxes, world):
-    """One metrics.jsonl row from the gathered samples, the all-reduced sums [action tokens, sum kl, sum |vLLM -
-    trainer log-prob|, loss, ratio, clip_frac, zeroed micro-batches, process reward, advantage std] (the last six are
-    per-rank means, summed) and the all-reduced maxima [max |vLLM - trainer log-prob|, seconds of gen, prm, ref,
-    train, sync]."""
+def step_metrics(step, args, per_sample, r):
+    """One metrics.jsonl row from the gathered samples and the stats reduced over ranks (log_step), by name."""
     def mean(xs):
         xs = [x for x in xs if finite(x)]
         return sum(xs) / len(xs) if xs else None
 
-    answered = [s for s in per_sample if s["gold"] is not None]
-    graded = [s for s in answered if s["correct"] is not None]
-    tokens = sum(s["length"] for s in per_sample)
-    verifiable = mean([float(s["correct"]) - 1 for s in graded])
-    process = sums[7] / world if "PRM" in args.reward_mode else 0.0
+    graded = [s for s in per_sample if s["correct"] is not None]  # against the gold or the logging-only ref_answer
+    answered = [s for s in graded if s["gold"] is not None]  # the verifiable reward's prompts
+    B, tokens = max(len(per_sample), 1), sum(s["length"] for s in per_sample)
+    process = r.get("reward/process", 0.0) if args.reward_mode != "VR" else 0.0
+    vr = sum(float(s["correct"]) - 1 for s in answered) / B if "VR" in args.reward_mode else 0.0
     agree = [(min(s["prm_scores"]) > 0) == s["correct"] for s in graded if s["prm_scores"]]
     row = {
-        "step": step, "prompts_seen": step * args.rollout_batch_size,
-        "reward/process": process, "reward/verifiable": verifiable,
-        "reward/combined": process + args.vr_coef * sum(float(s["correct"]) - 1 for s in graded) / len(per_sample),
-        "solved": mean([float(s["correct"]) for s in graded]), "answered_frac": len(answered) / len(per_sample),
+        "step": step, "prompts_seen": step * args.rollout_batch_size, "policy_updated": float(bool(per_sample)),
+        "reward/process": process, "reward/verifiable": mean([float(s["correct"]) - 1 for s in answered]),
+        "reward/combined": process + args.vr_coef * vr,
+        "solved": mean([float(s["correct"]) for s in graded]), "answered_frac": len(answered) / B,
         "prm_vr_agreement": mean([float(a) for a in agree]),
         "prm_min": mean([min(s["prm_scores"]) for s in per_sample if s["prm_scores"]]),
-        "kl": sums[1] / sums[0], "loss": sums[3] / world, "ratio": sums[4] / world, "clip_frac": sums[5] / world,
-        "zeroed_micro_batches": sums[6] / world, "advantage_std": sums[8] / world,
-        "logprob_diff_vllm/mean": sums[2] / sums[0], "logprob_diff_vllm/max": maxes[0],
-        "response_length": tokens / len(per_sample),
+        "kl": r["kl"] / r["tokens"] if r["tokens"] else None,
+        "logprob_diff_vllm/mean": r["vllm_diff"] / r["tokens"] if r["tokens"] else None,
+        "response_length": tokens / B if per_sample else None,
         "response_length/correct": mean([s["length"] for s in graded if s["correct"]]),
         "response_length/incorrect": mean([s["length"] for s in graded if not s["correct"]]),
         "truncated_frac": mean([float(s["finish_reason"] == "length") for s in per_sample]),
         "steps_per_response": mean([s["steps"] for s in per_sample]),
         "tokens_per_step": mean([s["length"] / s["steps"] for s in per_sample]),
         "repetition": mean([s["repetition"] for s in per_sample]),
+        "filter/drawn": r["filter/drawn"], "filter/kept": r["filter/kept"],
+        "filter/keep_rate": r["filter/kept"] / r["filter/drawn"],
     }
-    seconds = maxes[1:]
-    row.update({f"time/{k}": v for k, v in zip(["gen", "prm", "ref", "train", "sync"], seconds)})
-    row["time/step"] = sum(seconds)
-    row["perf/gen_tokens_per_s"] = tokens / max(seconds[0], 1e-9)
-    row["perf/tokens_per_s"] = tokens / max(sum(seconds), 1e-9)
+    row.update({k: r.get(k) for k in ("loss", "ratio", "clip_frac", "zeroed_micro_batches", "advantage_std",
+                                      "prm/loss", "prm/outcome_accuracy", "logprob_diff_vllm/max")})
+    row.update({f"time/{p}": r[f"time/{p}"] for p in PHASES})
+    row["time/step"] = sum(r[f"time/{p}"] for p in PHASES)
+    row["perf/gen_tokens_per_s"] = tokens / max(r["time/gen"], 1e-9)
+    row["perf/tokens_per_s"] = tokens / max(row["time/step"], 1e-9)
     return {k: (v if v is None or finite(v) else None) for k, v in row.items()}
 
 
@@ -640,4 +845,5 @@ if __name__ == "__main__":
     except InputError as e:
         sys.exit(f"error: {e}")
     except Stop as e:  # nothing of this step was saved: the newest checkpoint is the last good one
-        sys.exit(f"error: {e}; stopped, last good checkpoint: {latest_checkpoint(Path(args.output_dir))[1] or 'none yet'}")
+        last = latest_checkpoint(Path(args.output_dir))[1] or "none yet"
+        sys.exit(f"error: {e}; stopped, last good checkpoint: {last}")

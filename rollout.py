@@ -16,7 +16,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from common import InputError, read_jsonl, write_jsonl
+from common import InputError, log_libraries_to, read_jsonl, write_jsonl
 
 # openrlhf/cli/train_pure_ray.py:269 `--input_template`; the "\n" are real newlines, as in the reference.
 PROMPT_TEMPLATE = ('{}\n\nPlease reason step by step with steps separated by "\n\n", '
@@ -30,8 +30,9 @@ def format_prompt(question, template=PROMPT_TEMPLATE):
 
 def load_prompts(path_or_name, question_key="question", answer_key="answer"):
     """Questions and golds from a JSONL file, a JSON array file (PURE's `8k_math_879_answers.json`), or a Hugging
-    Face dataset name (split "train"). Returns [dict(question, answer)], answer None when the row has no usable gold
-    (missing, null, or PURE's string "null": those prompts get no verifiable reward, spec (b))."""
+    Face dataset name (split "train"). Returns [dict(question, answer, ref_answer)]: answer None when the row has no
+    usable gold (missing, null, empty or PURE's string "null": those prompts get no verifiable reward, spec (b));
+    ref_answer = answer, else the row's `ref_answer` (PURE's file keeps the other golds there, for logging only)."""
     path = Path(path_or_name)
     if path.suffix == ".json" and path.is_file():
         try:
@@ -49,9 +50,8 @@ def load_prompts(path_or_name, question_key="question", answer_key="answer"):
         question = row.get(question_key) if isinstance(row, dict) else None
         if not isinstance(question, str) or not question.strip():
             raise InputError(path, line, question_key, "missing or empty question")
-        answer = row.get(answer_key)
-        answer = None if answer is None or answer == "null" else str(answer)
-        prompts.append({"question": question, "answer": answer})
+        answer, ref = (None if row.get(k) in (None, "null", "") else str(row[k]) for k in (answer_key, "ref_answer"))
+        prompts.append({"question": question, "answer": answer, "ref_answer": answer or ref})
     if not prompts:
         raise InputError(path, None, None, "no prompts")
     return prompts
@@ -63,13 +63,18 @@ def start_engine(model, *, seed=42, max_model_len=3072, dtype="auto", gpu_memory
     import torch
     from vllm import LLM
 
-    if not torch.cuda.is_available():  # CPU backend: no CUDA graphs; KV cache size comes from VLLM_CPU_KVCACHE_SPACE
-        kw.setdefault("enforce_eager", True)
+    if not torch.cuda.is_available():  # CPU backend: no CUDA graphs; a fixed KV cache (VLLM_CPU_KVCACHE_SPACE GiB
+        kw.setdefault("enforce_eager", True)  # overrides it), else vLLM reserves gpu_memory_utilization of the RAM
+        kw.setdefault("kv_cache_memory_bytes", 2**30)
+        # vLLM 0.32's CPU runner crashes ("CPU Generator does not use offset") when a seeded request's prefill is
+        # chunked, i.e. whenever one call's prompts exceed max_num_batched_tokens: prefill prompts whole
+        kw.setdefault("enable_chunked_prefill", False)
         ranks = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
         if ranks > 1:  # vLLM's "auto" binding pins every rank's engine to the same first core: give each its own
             cores, rank = sorted(os.sched_getaffinity(0)), int(os.environ["LOCAL_RANK"])
             mine = cores[rank * len(cores) // ranks:(rank + 1) * len(cores) // ranks] or cores
             os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", ",".join(map(str, mine)))
+    kw.setdefault("use_tqdm_on_load", False)  # no load-time progress bar on the console
     return LLM(model=str(model), seed=seed, max_model_len=max_model_len, dtype=dtype,
                gpu_memory_utilization=gpu_memory_utilization, **kw)
 
@@ -189,6 +194,7 @@ class Args:
 
 
 def main(args):
+    log_libraries_to(Path(args.output).with_name("library.log"))
     prompts = load_prompts(args.prompts, args.question_key, args.answer_key)[: args.limit]
     llm = start_engine(args.model, seed=args.seed, max_model_len=args.prompt_max_len + args.generate_max_len,
                        dtype=args.dtype)

@@ -3,6 +3,7 @@ real 2-rank run (torchrun + gloo + DeepSpeed ZeRO-2 + vLLM, tiny policy and PRM,
 killed after step 2 (its step-3 checkpoint removed) and resumed."""
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import ppo
 from ppo import ppo_loss, prompt_indices, repetition, sudden_jump
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,13 +49,33 @@ def test_ppo_loss_sequence_mean_and_ratio_quirk():
     assert ratio_mean > 10 and loss.item() == 0 and logp.grad.abs().sum() == 0
 
 
-def test_prompt_order_is_a_function_of_seed_and_step():
+def test_prompt_order_covers_each_prompt_once_per_epoch():
     steps = [prompt_indices(s, 10, 3, seed=42) for s in range(1, 7)]  # 3 steps per epoch, drop_last
     epoch1 = steps[0] + steps[1] + steps[2]
-    assert len(set(epoch1)) == 9 and all(0 <= i < 10 for i in epoch1)
+    assert len(set(epoch1)) == 9 and all(0 <= i < 10 for i in epoch1)  # 9 distinct of 10: one left out (drop_last)
     assert steps[3] + steps[4] + steps[5] != epoch1  # a new permutation each epoch
-    assert prompt_indices(5, 10, 3, seed=42) == steps[4]  # a resumed run draws the same prompts
-    assert prompt_indices(1, 10, 3, seed=7) != steps[0]
+    assert prompt_indices(1, 10, 3, seed=7) != steps[0]  # the seed decides it (resume: test_two_rank_run...)
+
+
+def test_step_sums_equal_a_loop():
+    g = torch.Generator().manual_seed(0)
+    r = torch.randn(3, 7, generator=g, dtype=torch.float64)
+    ends = [[1, 4, 6], [0, 2], [6]]  # terminal tokens; the last step of a row ends at its final token
+    step_end = torch.zeros(3, 7, dtype=torch.bool)
+    for i, e in enumerate(ends):
+        step_end[i, e] = True
+    got = ppo.step_sums(r, step_end)
+    for i, e in enumerate(ends):
+        starts = [0] + [t + 1 for t in e[:-1]]
+        want = [r[i, a:b + 1].sum().item() for a, b in zip(starts, e)]
+        assert got[i, e].tolist() == pytest.approx(want, abs=1e-12)
+        assert (got[i][~step_end[i]] == 0).all()
+
+
+def test_optimizer_chunks_by_hand():
+    # 10 sequences, 4 per optimizer step, micro-batches of 3: the tail of each step and of the buffer are short
+    assert ppo.optimizer_chunks(10, 4, 3) == [[[0, 1, 2], [3]], [[4, 5, 6], [7]], [[8, 9]]]
+    assert ppo.optimizer_chunks(4, 4, 2) == [[[0, 1], [2, 3]]]
 
 
 def test_repetition_and_sudden_jump():
@@ -103,6 +125,13 @@ def torchrun(args, out):
     return r.stdout
 
 
+def steps_in_text(sample):
+    """Steps of a logged response counted from its text: pieces between runs of 2+ newlines; a final run is the last
+    step's end, and an EOS after it (finish "stop") one more step of its own (the reference's rule)."""
+    pieces = re.split(r"\n{2,}", sample["response"])
+    return len(pieces) - (pieces[-1] == "" and sample["finish_reason"] != "stop")
+
+
 def read_rows(path):
     return [json.loads(line) for line in Path(path).read_text().splitlines()]
 
@@ -124,6 +153,18 @@ def test_two_rank_run_then_kill_and_resume(tmp_path, tiny_model_dir, tiny_prm_di
         # The sampler's log-probs equal the trainer's (fp32) on every sampled token, also after weight pushes.
         assert r["logprob_diff_vllm/max"] < 1e-4
     assert rows[0]["kl"] == 0 and rows[2]["kl"] != 0  # the policy moved away from the reference
+    for r in rows:  # every logged metric of the samples is what the logged samples say
+        samples = read_rows(out / "rollouts" / f"step-{r['step']}.jsonl")
+        assert len(samples) == 4 * 2
+        mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
+        graded = [s for s in samples if s["correct"] is not None]
+        assert r["response_length"] == pytest.approx(mean([s["length"] for s in samples]))
+        assert r["solved"] == pytest.approx(mean([float(s["correct"]) for s in graded]))
+        assert r["answered_frac"] == pytest.approx(mean([float(s["gold"] is not None) for s in samples]))
+        assert r["truncated_frac"] == pytest.approx(mean([float(s["finish_reason"] == "length") for s in samples]))
+        assert r["steps_per_response"] == pytest.approx(mean([steps_in_text(s) for s in samples]))
+        assert r["reward/verifiable"] == (mean([float(s["correct"]) - 1 for s in samples if s["gold"]])
+                                          if any(s["gold"] for s in samples) else None)
     assert (out / "curves.png").is_file() and list((out / "tb").iterdir())
     first = load_file(tiny_model_dir / "model.safetensors")
     ckpt3 = load_file(out / "checkpoint-3" / "model.safetensors")
@@ -137,7 +178,7 @@ def test_two_rank_run_then_kill_and_resume(tmp_path, tiny_model_dir, tiny_prm_di
     assert "resuming after step 2" in log
     assert [r["step"] for r in read_rows(out / "metrics.jsonl")] == [1, 2, 3]
     resumed3 = read_rows(out / "rollouts" / "step-3.jsonl")
-    assert [s["prompt_position"] for s in resumed3] == [s["prompt_position"] for s in samples3]
+    assert [s["prompt_id"] for s in resumed3] == [s["prompt_id"] for s in samples3]
     assert [s["prompt"] for s in resumed3] == [s["prompt"] for s in samples3]
     assert [s["response"] for s in resumed3] == [s["response"] for s in samples3]  # same weights + seeds
     again = load_file(out / "checkpoint-3" / "model.safetensors")
@@ -146,3 +187,159 @@ def test_two_rank_run_then_kill_and_resume(tmp_path, tiny_model_dir, tiny_prm_di
     from transformers import AutoModelForCausalLM
 
     assert AutoModelForCausalLM.from_pretrained(out / "checkpoint-3").config.vocab_size > 0
+
+
+# ---------------------------------------------------------------------------------------------- the loop's parts
+@pytest.fixture(scope="module")
+def world_of_one():
+    """A one-process gloo group: the loop's all-reduces (all_ranks_ok, the filter's group count) run as in torchrun."""
+    import socket
+
+    import torch.distributed as dist
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+    yield
+    dist.destroy_process_group()
+
+
+class ShimEngine:
+    """What ppo_update asks of a DeepSpeed engine (forward, train, backward, step), over a plain model + SGD."""
+
+    def __init__(self, model, lr):
+        self.module, self.opt = model, torch.optim.SGD(model.parameters(), lr=lr)
+
+    def __call__(self, **kw):
+        return self.module(**kw)
+
+    def train(self):
+        self.module.train()
+
+    def backward(self, loss, scale_wrt_gas=True):
+        loss.backward()
+
+    def step(self):
+        self.opt.step()
+        self.opt.zero_grad()
+
+
+def test_one_ppo_update_follows_the_sign_of_the_advantage(world_of_one, tiny_model_dir):
+    """One update on a positive advantage raises the response's log-probability, on a negative one lowers it."""
+    from types import SimpleNamespace
+
+    from transformers import AutoModelForCausalLM
+
+    samples = [{"prompt_ids": [5, 6, 7], "response_ids": [8, 9, 10, 11]},
+               {"prompt_ids": [12, 13], "response_ids": [14, 15, 16]}]
+    mask = torch.tensor([[True] * 4, [True] * 3 + [False]])
+    args = SimpleNamespace(train_batch_size=2, micro_train_batch_size=2, eps_clip=0.2)
+    for sign in (1.0, -1.0):
+        model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+        with torch.no_grad():
+            before = ppo.response_logprobs(model, samples, 0, "cpu")  # [2, 4]
+        adv = torch.tensor([[sign] * 4, [0.0] * 4])  # only the first response carries an advantage
+        stats = ppo.ppo_update(ShimEngine(model, lr=1e-2), samples, before, adv, mask, args, 1, 0, "cpu",
+                               torch.Generator().manual_seed(0))
+        with torch.no_grad():
+            after = ppo.response_logprobs(model, samples, 0, "cpu")
+        assert sign * (after[0] - before[0]).sum() > 0
+        assert stats["ratio"] == pytest.approx(1.0, abs=1e-5)  # one micro-batch: it is pi_old itself
+        assert stats["loss"] == pytest.approx(-sign / 2, abs=1e-5)  # -mean_t(A) of sequence 0, 0 of sequence 1
+
+
+def rollout_state(prompts, R, reward_mode="PRIME", rounds=2, filt="auto"):
+    from types import SimpleNamespace
+
+    args = SimpleNamespace(n_samples_per_prompt=2, accuracy_filter=filt, reward_mode=reward_mode, rollout_batch_size=R,
+                           seed=3, filter_max_rounds=rounds, max_steps=10, temperature=1.0, top_p=1.0,
+                           generate_max_len=8, prompt_max_len=64, grader_timeout=1.0, filter_lower=0.2,
+                           filter_upper=0.8)
+    return SimpleNamespace(args=args, prompts=prompts, rank=0, R_local=R, cuda=False, device=torch.device("cpu"),
+                           llm=None)
+
+
+def stub_generate(prompts, right):
+    """A stand-in for rollout.generate: sample j of question q answers right iff right(q, j)."""
+    def generate(llm, texts, n, **kw):
+        out = []
+        for i, text in enumerate(texts):
+            q = next(p for p in prompts if ppo.format_prompt(p["question"]) == text)
+            for j in range(n):
+                answer = q["answer"] if right(q["question"], j) else "wrong"
+                out.append({"prompt_index": i, "response_text": answer, "response_ids": [1], "logprobs": [0.0],
+                            "prompt_ids": [2], "finish_reason": "stop"})
+        return out
+    return generate
+
+
+def stub_grader(responses, golds, timeout=None):
+    return [{"correct": r == g, "extracted": r, "timed_out": False} for r, g in zip(responses, golds)]
+
+
+def test_accuracy_filter_drops_uniform_groups_and_refills(world_of_one, monkeypatch):
+    import rewards
+
+    # q0-q3 always right, q4-q7 always wrong, q8-q11 half right (sample 0 of 2): only q8-q11 may be kept
+    prompts = [{"question": f"q{i}", "answer": str(i), "ref_answer": str(i)} for i in range(12)]
+    mixed = {f"q{i}" for i in range(8, 12)}
+    right = lambda q, j: int(q[1:]) < 4 or (q in mixed and j == 0)  # noqa: E731
+    monkeypatch.setattr(ppo, "generate", stub_generate(prompts, right))
+    monkeypatch.setattr(rewards, "grade_many", stub_grader)
+    s = rollout_state(prompts, R=2, rounds=6)
+    samples, grades, counts = ppo.rollout(s, step=1)
+    groups = [samples[k]["prompt_id"] for k in range(0, len(samples), 2)]
+    assert len(groups) == 2 and all(f"q{g}" in mixed for g in groups)  # refilled to a full step, mixed only
+    assert [g["correct"] for g in grades] == [True, False, True, False]
+    assert counts["filter/kept"] == 2 and counts["filter/drawn"] >= 2 and counts["filter/drawn"] % 2 == 0
+    # no mixed prompt at all and a bounded refill: the step ends with nothing, it does not spin
+    monkeypatch.setattr(ppo, "generate", stub_generate(prompts, lambda q, j: int(q[1:]) < 4))
+    samples, grades, counts = ppo.rollout(rollout_state(prompts, R=2, rounds=3), step=1)
+    assert samples == [] and counts == {"filter/drawn": 8, "filter/kept": 0}  # 1 + 3 rounds of 2 prompts
+    # the filter off (a PURE mode): every group is kept, uniform or not
+    samples, _, counts = ppo.rollout(rollout_state(prompts, R=2, reward_mode="PRMVR"), step=1)
+    assert len(samples) == 4 and counts == {"filter/drawn": 2, "filter/kept": 2}
+
+
+def test_vr_only_credit_and_a_non_finite_prm_stop(world_of_one, monkeypatch):
+    """--reward-mode VR: no PRM, the advantage is the leave-one-out verifiable reward alone (its sign per sample);
+    a NaN PRM score stops the run with a Stop, not a crash in the optimizer."""
+    from types import SimpleNamespace
+
+    import rewards
+    from credit import CreditArgs
+
+    args = SimpleNamespace(**vars(CreditArgs(reward_mode="VR", kl_coef=0.0)), n_samples_per_prompt=2,
+                           micro_rollout_batch_size=2)
+    prompts = [{"question": "q", "answer": "1", "ref_answer": "1"}]
+    s = SimpleNamespace(args=args, prm=None, prompts=prompts, device=torch.device("cpu"))
+    samples = [{"prompt_id": 0, "prompt_ids": [1], "response_ids": [3, 4, 5]} for _ in range(2)]
+    grades = [{"correct": True}, {"correct": False}]
+    mask = torch.ones(2, 3, dtype=torch.bool)
+    step_end = torch.tensor([[False, False, True]] * 2)
+    adv, scores, info = ppo.pure_rewards(s, samples, grades, [[3], [3]], mask, step_end, None, torch.zeros(2, 3))
+    assert scores is None and info["reward/process"] == 0
+    # v' = +1 / -1 on the EOS, reaching the 2 content tokens; the EOS itself is masked; whitening: +-1 / 1
+    assert adv.tolist() == [[1.0, 1.0, 0.0], [-1.0, -1.0, 0.0]]
+    s.prm, s.prm_tok, args.reward_mode = torch.nn.Linear(1, 1), None, "PRMVR"
+    monkeypatch.setattr(rewards, "prm_scores", lambda *a, **k: [[float("nan")], [0.5]])
+    with pytest.raises(ppo.Stop, match="non-finite PRM score"):
+        ppo.pure_rewards(s, samples, grades, [[3], [3]], mask, step_end, None, torch.zeros(2, 3))
+
+
+def test_early_stop_checkpoints_then_stops_the_loop(tmp_path, monkeypatch):
+    """Plumbing: the loop checkpoints at the step whose metrics jumped and runs no further step."""
+    from types import SimpleNamespace
+
+    ran, saved = [], []
+    s = SimpleNamespace(start=0, rank=0, local_rank=0, out=tmp_path, sync_dir=tmp_path / "sync", engine=None,
+                        tok=None, prm_engine=None, writer=SimpleNamespace(close=lambda: None))
+    monkeypatch.setattr(ppo, "start_run", lambda args: s)
+    monkeypatch.setattr(ppo, "rl_step", lambda s, step: ran.append(step) or ([], {}))
+    monkeypatch.setattr(ppo, "log_step", lambda s, step, *_: "kl" if step == 3 else None)
+    monkeypatch.setattr(ppo, "save_checkpoint", lambda engine, tok, out, step, *a: saved.append(step))
+    monkeypatch.setattr(ppo, "plot_metrics", lambda *a: None)
+    monkeypatch.setattr(ppo.dist, "barrier", lambda: None)
+    ppo.main(SimpleNamespace(max_steps=10, save_steps=100, keep_all_ds_states=False))
+    assert ran == [1, 2, 3] and saved == [3]

@@ -1,4 +1,5 @@
-"""credit.py's PRIME section against hand-computed cases and a readable per-response loop implementation."""
+"""PRIME: credit.py's estimators against hand-computed cases and a readable per-response loop implementation; ppo.py's
+PRIME mode: a two-token toy, one online PRM update, and a 2-rank run killed and resumed."""
 import math
 import random
 import threading
@@ -192,3 +193,97 @@ def test_filter_keeps_accuracy_in_bounds_inclusive():
     assert prime_filter(solved, 5).tolist() == [True, True]
     assert prime_filter(solved, 5, lower=0.3).tolist() == [False, True]
     assert prime_filter(torch.tensor([1.0, 1, 0, 1]), 2, upper=0.5).tolist() == [False, True]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# PRIME inside ppo.py: a two-token toy by hand, one online PRM update, a 2-rank run killed and resumed
+
+
+def test_two_token_toy_by_hand():
+    """log pi_psi = (-1, -2), log pi_ref = (-1.5, -1): q = (0.5, -1). Reverse cumsums (-0.5, -1), so batch norm
+    divides by 1 (+1e-6). L_CE with beta 0.05 and outcome 1: z = 0.05 * (0.5 - 1) = -0.025, -log sigmoid(z)."""
+    lp, lr = torch.tensor([[-1.0, -2.0]], dtype=F64), torch.tensor([[-1.5, -1.0]], dtype=F64)
+    act = torch.ones(1, 2, dtype=torch.bool)
+    assert prime_token_rewards(lp, lr, act)[0].tolist() == pytest.approx([0.5 / (1 + 1e-6), -1 / (1 + 1e-6)])
+    assert prime_token_rewards(lp, lr, act, batch_norm=False).tolist() == [[0.5, -1.0]]
+    loss = prime_prm_loss(lp, lr, act, torch.tensor([1.0], dtype=F64))
+    assert loss.item() == pytest.approx(math.log(1 + math.exp(0.025)), abs=1e-12)  # ln(1 + e^0.025)
+    assert loss.item() == pytest.approx(0.7057253, abs=1e-7)
+
+
+def test_one_prm_update_moves_the_outcome_prediction_toward_the_label(tiny_model_dir):
+    """ppo.prime_prm_update, one pass: sigmoid(beta * sum_t q_t) rises for a solved sample, falls for a failed one;
+    the rewards it returns are those of its own forward pass (before the optimizer step)."""
+    import socket
+    from types import SimpleNamespace
+
+    import torch.distributed as dist
+    from transformers import AutoModelForCausalLM
+
+    import ppo
+    from test_ppo import ShimEngine
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+    try:
+        samples = [{"prompt_ids": [5, 6], "response_ids": [8, 9, 10]}, {"prompt_ids": [12], "response_ids": [14, 15]}]
+        mask = torch.tensor([[True] * 3, [True] * 2 + [False]])
+        ref = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+        with torch.no_grad():
+            ref_logp = ppo.response_logprobs(ref, samples, 0, "cpu")  # [2, 3]
+        args = SimpleNamespace(train_batch_size=2, micro_train_batch_size=2, prime_beta_train=0.05)
+        for label in (1.0, 0.0):
+            prm = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+            solved = torch.tensor([label, label])
+            logp, stats = ppo.prime_prm_update(ShimEngine(prm, lr=1e-2), samples, ref_logp, mask, solved, args, 1,
+                                               0, "cpu")
+            torch.testing.assert_close(logp, ref_logp, atol=1e-6, rtol=0)  # psi = ref before the update: q = 0
+            assert stats["prm/loss"] == pytest.approx(math.log(2), abs=1e-6)  # BCE(sigmoid(0), label)
+            with torch.no_grad():
+                z = ((ppo.response_logprobs(prm.eval(), samples, 0, "cpu") - ref_logp) * mask).sum(-1)  # [2]
+            assert ((z > 0) if label else (z < 0)).all(), z
+    finally:
+        dist.destroy_process_group()
+
+
+PRIME_RUN = ["--reward-mode", "PRIME", "--rollout-batch-size", "4", "--n-samples-per-prompt", "2",
+             "--generate-max-len", "24", "--train-batch-size", "8", "--micro-train-batch-size", "1",
+             "--micro-rollout-batch-size", "2", "--max-steps", "3", "--save-steps", "1", "--rollouts-every", "1",
+             "--actor-learning-rate", "1e-3", "--prm-learning-rate", "1e-3", "--keep-all-ds-states",
+             "--accuracy-filter", "off"]  # a random tiny model solves nothing: the filter would keep no group
+
+
+def test_prime_two_rank_run_then_kill_and_resume(tmp_path, tiny_model_dir, shared_data):
+    """torchrun --nproc_per_node 2 ppo.py --reward-mode PRIME: both models train, the checkpoints hold both, and a run
+    killed after step 2 resumes to the same step-3 prompts, responses, policy and PRM weights."""
+    from safetensors.torch import load_file
+
+    from test_ppo import read_rows, torchrun
+
+    out = tmp_path / "run"
+    args = ["--model", str(tiny_model_dir), "--prm", str(tiny_model_dir),
+            "--prompts", str(shared_data / "train" / "pure_8k_math_879_answers.jsonl"), *PRIME_RUN]
+    log = torchrun(args, out)
+    assert "PRIME: 879 of 8523 prompts have a gold answer; 7644 without one are skipped" in log
+    rows = read_rows(out / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [1, 2, 3] and all(r["policy_updated"] == 1 for r in rows)
+    assert rows[0]["prm/loss"] == pytest.approx(math.log(2), abs=1e-4)  # one optimizer step: all of step 1 sees psi = pi_ref
+    assert all(math.isfinite(r["prm/loss"]) and 0 <= r["prm/outcome_accuracy"] <= 1 for r in rows)
+    assert all(r["filter/keep_rate"] == 1 for r in rows)
+    init = load_file(tiny_model_dir / "model.safetensors")
+    policy3, prm3 = (load_file(out / "checkpoint-3" / d / "model.safetensors") for d in ("", "prm"))
+    for w in (policy3, prm3):
+        assert max((init[k] - w[k]).abs().max().item() for k in init) > 1e-3  # both models moved
+    assert max((policy3[k] - prm3[k]).abs().max().item() for k in init) > 1e-3  # two different models
+    samples3 = read_rows(out / "rollouts" / "step-3.jsonl")
+
+    (out / "checkpoint-3").rename(tmp_path / "killed-checkpoint-3")
+    log = torchrun(args, out)
+    assert "resuming after step 2" in log
+    resumed3 = read_rows(out / "rollouts" / "step-3.jsonl")
+    assert [(s["prompt_id"], s["response"]) for s in resumed3] == [(s["prompt_id"], s["response"]) for s in samples3]
+    for d, before in (("", policy3), ("prm", prm3)):
+        again = load_file(out / "checkpoint-3" / d / "model.safetensors")
+        assert max((before[k] - again[k]).abs().max().item() for k in before) < 1e-5  # weights + Adam restored
