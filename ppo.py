@@ -519,8 +519,8 @@ def start_run(args):
     -> run state (a namespace the phases below share)."""
     import deepspeed
 
+    prompts, tok, prm_tok = check_inputs(args)  # before anything is written: a bad input leaves no output folder
     log_libraries_to(Path(args.output_dir) / "library.log")  # vLLM, DeepSpeed, transformers: not on the console
-    prompts, tok, prm_tok = check_inputs(args)
     rank, world, local_rank, device = setup_distributed()
     out = Path(args.output_dir)
     start, resume_dir = latest_checkpoint(out)

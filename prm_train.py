@@ -33,7 +33,8 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from common import InputError, atomic_write, plot_metrics, read_jsonl, tokenize_prm_example, write_jsonl
+from common import (InputError, atomic_write, log_libraries_to, plot_metrics, read_jsonl, tokenize_prm_example,
+                    write_jsonl)
 
 SHARED_DATA = Path(__file__).resolve().parent.parent / "shared" / "data"
 ID2LABEL, LABEL2ID = {0: "bad", 1: "good"}, {"bad": 0, "good": 1}
@@ -81,8 +82,10 @@ class Args:
     (HF's zero.Init loading needs `accelerate`, which this environment does not install)"""
     gradient_checkpointing: bool = True
     """recompute activations in the backward pass (paper: on)"""
-    group_by_length: bool = True
-    """batch examples of similar length together so padding does not dominate (paper: off, TRL default)"""
+    group_by_length: bool = False
+    """batch examples of similar length together so padding does not dominate (paper: off, TRL's default). Off by
+    default: where length predicts the label (short solutions that stop at an early error), batches of one length
+    are batches of one label, and the PRM swings between them (measured: a loss above the constant's)"""
     save_steps: int = 500
     """checkpoint (model + optimizer; only the newest is kept, in OUTPUT_DIR/checkpoint) every this many steps and
     at the end; a rerun resumes from it, also with a larger --max-steps (not in the paper's scripts)"""
@@ -97,7 +100,8 @@ class Args:
     eval_only: bool = False
     """evaluate --model (a trained PRM) on PRM800K phase-1 test, ProcessBench and best-of-8, write eval.json, exit"""
     eval_data: str = str(SHARED_DATA)
-    """folder holding prm800k/, processbench/ and extras/ (the shared data layout)"""
+    """folder holding prm800k/, processbench/ and extras/ (the shared data layout); or a labelled stepwise file
+    (TRL or PRM800K format, as --data): step accuracy, F1, AUC and log loss vs the constant on its steps"""
     threshold: float = 0.5
     """a step is predicted bad when P(good) < threshold (ProcessBench's first-error rule; 0.5 as in the benchmark)"""
     eval_batch_size: int = 8
@@ -342,6 +346,7 @@ def setup(args):
             sock.bind(("127.0.0.1", 0))
             port = sock.getsockname()[1]
         os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    log_libraries_to(Path(args.output_dir) / "library.log")  # DeepSpeed, transformers: not on the console
     deepspeed.init_distributed(dist_backend="nccl" if on_gpu else "gloo")
     rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
     if on_gpu:
@@ -442,6 +447,7 @@ def train(args):
     acc, n_steps, t0 = torch.zeros(4, dtype=torch.float64), 0, time.perf_counter()
     for step in tqdm(range(start + 1, len(s["schedule"]) + 1), initial=start, total=len(s["schedule"]),
                      disable=rank != 0, desc=f"prm stage {args.stage}"):
+        torch.manual_seed(args.seed * 1_000_003 + step)  # dropout masks from (seed, step): a resume repeats them
         acc, n_steps = acc + train_step(s, s["schedule"][step - 1]), n_steps + 1
         if step % args.logging_steps == 0 or step == len(s["schedule"]):
             torch.distributed.all_reduce(acc)  # sums over ranks (gloo/nccl)
@@ -514,9 +520,28 @@ def processbench_f1(preds, labels):
     return {"acc_erroneous": a_err, "acc_correct": a_cor, "f1": f1, "n": len(preds)}
 
 
+def auc(scores, labels):
+    """ROC AUC of `scores` for the good steps (labels True): the probability that a good step scores above a bad
+    one, ties counted half (the Mann-Whitney rank form, O(N log N)); None when one class is missing."""
+    order = sorted(range(len(scores)), key=lambda i: scores[i])
+    ranks, i = [0.0] * len(scores), 0
+    while i < len(order):  # tied scores share their average rank (1-based)
+        j = i
+        while j + 1 < len(order) and scores[order[j + 1]] == scores[order[i]]:
+            j += 1
+        for k in order[i:j + 1]:
+            ranks[k] = (i + j) / 2 + 1
+        i = j + 1
+    n_good = sum(labels)
+    n_bad = len(labels) - n_good
+    if not n_good or not n_bad:
+        return None
+    return (sum(r for r, y in zip(ranks, labels) if y) - n_good * (n_good + 1) / 2) / (n_good * n_bad)
+
+
 def step_metrics(p_good, labels, threshold=0.5):
-    """Step-level accuracy, F1 (for the bad class, i.e. error detection, and for the good class), and the log loss
-    (the training loss) beside that of the best constant predictor P(good) = good_fraction: a PRM that learnt
+    """Step-level accuracy, F1 (for the bad class, i.e. error detection, and for the good class), AUC, and the log
+    loss (the training loss) beside that of the best constant predictor P(good) = good_fraction: a PRM that learnt
     anything beats the constant."""
     pred = [p >= threshold for p in p_good]
     q = sum(labels) / len(labels)  # good fraction
@@ -532,7 +557,8 @@ def step_metrics(p_good, labels, threshold=0.5):
         return 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else None
 
     return {"accuracy": sum(p == y for p, y in zip(pred, labels)) / len(labels), "f1_bad": f1(False),
-            "f1_good": f1(True), "good_fraction": q, "log_loss": log_loss, "log_loss_constant": constant,
+            "f1_good": f1(True), "auc": auc(p_good, labels), "good_fraction": q, "log_loss": log_loss,
+            "log_loss_constant": constant,
             "n_steps": len(labels)}
 
 
@@ -560,6 +586,14 @@ def evaluate(args):
     model = model.to(device, torch.bfloat16 if device == "cuda" else torch.float32).eval()
     root, results = Path(args.eval_data), {}
     run = lambda items: step_probs(model, tokenizer, items, args.eval_batch_size)  # noqa: E731
+    if root.is_file():  # a labelled stepwise file of the user's: its steps, and each solution's last step alone
+        examples, _ = load_examples(root, args.limit)
+        probs = run([(e["prompt"], e["completions"]) for e in examples])
+        results["steps"] = step_metrics([p for ps in probs for p in ps], [y for e in examples for y in e["labels"]],
+                                        args.threshold)
+        results["last_step"] = step_metrics([ps[-1] for ps in probs], [e["labels"][-1] for e in examples],
+                                            args.threshold)
+        return write_eval(args, results)
 
     examples, _ = load_examples(root / "prm800k" / "phase1_test_stepwise_critique.jsonl", args.limit)
     probs = run([(e["prompt"], e["completions"]) for e in examples])
@@ -582,6 +616,10 @@ def evaluate(args):
     probs, n = run(items), len(rows[0]["response"])
     results["best_of_8_math"] = best_of_n([probs[i * n:(i + 1) * n] for i in range(len(rows))],
                                           [r["score"] for r in rows], [r["pred"] for r in rows])
+    return write_eval(args, results)
+
+
+def write_eval(args, results):
     atomic_write(Path(args.output_dir) / "eval.json", json.dumps(results, indent=1) + "\n")
     for name, metrics in results.items():
         print(f"{name:32s} " + (json.dumps(metrics) if isinstance(metrics, dict) else f"{metrics}"))

@@ -521,7 +521,7 @@ class Args:
     """prompt fed to the PRM: the templated RL prompt (prompt_ids, else prompt; reference quirk) or the raw
     `question` field the PRM was trained on"""
     drop_fused_punctuation: bool = True
-    """reference quirk: a step's separator tokens are dropped whole before the PRM's "\\n", so ".\\n\\n" loses its "." """
+    """reference quirk: the PRM input drops a step's separator tokens whole, so ".\\n\\n" loses its "." """
     drop_eos: bool = True
     """reference quirk: the last step's final token (EOS) is dropped from the PRM input too"""
     dtype: Literal["bfloat16", "float32"] = "bfloat16"

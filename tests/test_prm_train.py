@@ -341,11 +341,12 @@ def test_eval_only_hand_built_sets(tmp_path, tiny_model_dir, monkeypatch):
     # .9 .3 .9 .6 .4 -> predicted good, bad, good, good, bad; 4 of 5 right; bad class tp 1 fp 1 fn 0; good tp 3 fn 1
     assert res["prm800k_phase1_test"] == pytest.approx({
         "accuracy": 4 / 5, "f1_bad": 2 / 3, "f1_good": 6 / 7, "good_fraction": 4 / 5, "n_steps": 5,
+        "auc": 1.0,  # the one bad step (.3) scores below every good one
         "log_loss": -(2 * ln(0.9) + ln(0.7) + ln(0.6) + ln(0.4)) / 5,
         "log_loss_constant": -(0.8 * ln(0.8) + 0.2 * ln(0.2))})
     # rated candidates only: .3 (bad) .6 (good) .4 (good) -> right, right, wrong
     assert res["prm800k_phase1_test_last_step"] == pytest.approx({
-        "accuracy": 2 / 3, "f1_bad": 2 / 3, "f1_good": 2 / 3, "good_fraction": 2 / 3, "n_steps": 3,
+        "accuracy": 2 / 3, "f1_bad": 2 / 3, "f1_good": 2 / 3, "good_fraction": 2 / 3, "n_steps": 3, "auc": 1.0,
         "log_loss": -(ln(0.7) + ln(0.6) + ln(0.4)) / 3, "log_loss_constant": -(2 / 3 * ln(2 / 3) + 1 / 3 * ln(1 / 3))})
     # a: first step below 0.5 -> 1 (hit), -1 (hit), -1 (miss: 0.55 is not an error), 0 (miss), 1 (miss: label 2)
     assert res["processbench_a"] == pytest.approx({"acc_erroneous": 1 / 3, "acc_correct": 1 / 2, "f1": 0.4, "n": 5})
@@ -372,6 +373,13 @@ def test_processbench_f1_hand_computed():
     assert res["acc_erroneous"] == pytest.approx(1 / 3) and res["acc_correct"] == pytest.approx(1 / 2)
     assert res["f1"] == pytest.approx(2 * (1 / 3) * (1 / 2) / (1 / 3 + 1 / 2))  # = 0.4
     assert pt.processbench_f1([0], [0])["f1"] is None
+
+
+def test_auc_by_hand():
+    # good steps score 0.9 and 0.4, bad ones 0.2 and 0.6: 3 of the 4 (good, bad) pairs are ordered right
+    assert pt.auc([0.9, 0.2, 0.6, 0.4], [True, False, False, True]) == 0.75
+    assert pt.auc([0.5, 0.5, 0.1], [True, False, False]) == 0.75  # a tie counts half: (0.5 + 1) / 2
+    assert pt.auc([0.3, 0.2], [True, True]) is None
 
 
 def test_step_metrics_and_best_of_n_hand_computed():
