@@ -107,13 +107,13 @@ def log_libraries_to(path):
 
     path = Path(path).resolve()
     path.parent.mkdir(parents=True, exist_ok=True)
-    names = ["vllm", "DeepSpeed", "transformers", "py.warnings"]
+    names = ["vllm", "DeepSpeed", "transformers", "torch", "py.warnings"]
     config = {"version": 1, "disable_existing_loggers": False,
               "formatters": {"plain": {"format": "%(asctime)s %(process)d %(name)s %(levelname)s %(message)s"}},
               "handlers": {"file": {"class": "logging.FileHandler", "filename": str(path), "formatter": "plain"}},
               "loggers": {name: {"handlers": ["file"], "level": "INFO", "propagate": False} for name in names}}
     vllm_config = path.with_name(path.name + ".vllm.json")
-    atomic_write(vllm_config, json.dumps({**config, "loggers": {"vllm": config["loggers"]["vllm"]}}))
+    atomic_write(vllm_config, json.dumps(config))  # the engine process's torch logger too
     os.environ["VLLM_LOGGING_CONFIG_PATH"] = str(vllm_config)
     logging.config.dictConfig(config)  # replaces DeepSpeed's console handler
     transformers.utils.logging.disable_default_handler()  # transformers adds its own on first use: not this one

@@ -17,7 +17,7 @@ from typing import Callable, Literal, NamedTuple
 
 from tqdm import tqdm
 
-from common import InputError, atomic_write, finite, read_jsonl, write_jsonl
+from common import InputError, atomic_write, finite, log_libraries_to, read_jsonl, write_jsonl
 
 REPO_DATA_DIR = Path(__file__).resolve().parent.parent / "shared" / "data" / "eval"
 # Reference stop strings (math_eval.py); the EOS token itself always stops vLLM.
@@ -446,6 +446,7 @@ def main(args):
     files = {**old_files, **files}
     todo = [name for name in specs if name not in done]
     if todo:
+        log_libraries_to(Path(args.output_dir) / "library.log")  # vLLM's own log lines: not on the console
         import rollout
 
         llm = rollout.start_engine(args.model, seed=args.seed, max_model_len=args.max_model_len, dtype=args.dtype)

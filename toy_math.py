@@ -8,30 +8,31 @@ PRM likes, whether or not they make progress, until training collapses; with min
 by the worst step, so the only way up is to stop making bad steps. To see it, a world needs three things, and each
 design choice below follows from one of them.
 
-1. Steps a program can check. A problem is a chain of additions and subtractions of one-digit numbers,
-   "Compute 13 + 4 - 8 + 6.", every running value in [0, 19] (few enough facts for a tiny model to learn them
-   all). A solution does one operation per step, "13 + 4 = 17", then "The answer is \\boxed{15}.", steps separated by "\\n\\n" as PURE's prompt asks. Each step is
-   right or wrong by arithmetic (label_steps), and every problem has a gold answer.
+1. Steps a program can check. A problem is a chain of 2-4 additions and subtractions of one-digit numbers,
+   "Compute 23 + 5 - 9.", every running value in [10, 29]: always two digits, so a wrong step has the same shape
+   as a right one, and few enough facts for a tiny model to learn them all. A solution does one operation per
+   step, "23 + 5 = 28", then "The answer is \\boxed{19}.", steps separated by "\\n\\n" as PURE's prompt asks.
+   Each step is right or wrong by arithmetic (label_steps), and every problem has a gold answer.
 2. A base policy that is wrong in a way RL can fix and a PRM can see. The base policy imitates a student with one
    habit: on a step that crosses a ten (a carry or a borrow) the student forgets it 60% of the time (17 + 8 = 15,
-   23 - 5 = 28: off by ten), then goes on correctly from the wrong value. A model fit to this student puts 0.6 on
-   the slip at every carry step, so its greedy answer slips on every carry step and is right exactly on the
-   problems without one. The generator makes an operation cross a ten with probability 0.25, so with 2-4
-   operations about 43% of problems have no carry: a base accuracy with room both ways. The right carry still has
-   0.4 of the mass, so sampling finds it and RL can move it past 0.5. The slip is local and visible (the step's
-   own arithmetic is wrong), and the policy's own features already hold the right sum (it writes it 40% of the
-   time), so a PRM built on the policy can learn to see it. This is the generator-verifier gap RL with a PRM needs:
-   a habit the model can be talked out of, not knowledge it lacks.
-3. Steps that are true but add nothing. After any step the student writes "Check: 25 = 25" with probability 0.3,
+   28 - 9 = 29: off by ten), then goes on correctly from the wrong value. A model fit to this student puts 0.6 on
+   the slip at a carry step, so greedy decoding slips on most carry steps and is right on the problems without
+   one. An operation crosses a ten with probability 0.25, so with 2-4 operations about 43% of problems have no
+   carry: a base accuracy with room both ways. The right carry keeps 0.4 of the mass, so sampling finds it and RL
+   can move it past 0.5. The slip is local and visible (the step's own arithmetic is wrong), and the policy's own
+   features already hold the right sum (it writes it 40% of the time), so a PRM built on the policy can learn to
+   see it: the generator-verifier gap RL with a PRM needs, a habit the model can be talked out of, not knowledge
+   it lacks.
+3. Steps that are true but add nothing. After any step the student writes "Check: 28 = 28" with probability 0.3,
    and after a check another one with the same probability (so the number of checks is unbounded). A check
    restating the right value is a good step, so a PRM scores it high: the affordance a sum-form return rewards.
-   The policy samples at temperature 1 (it is its own data distribution; PURE's 0.5 is for a 7B model whose
-   habits are not this sharp), and its responses are capped at 128 tokens: a policy that checks without end
-   runs out of room before its answer.
-The PRM is trained through prm_train.py, both stages, on the base policy's own samples labelled by the program,
-each cut after its first wrong step (PRM800K's labellers stop at the first error). Labels follow the true
-solution: a step is good iff it performs the problem's next operation on the true running value and states the
-true result (a check: restates the true value; the answer: boxes the true answer after the last operation), so a
+   Responses are capped at 128 tokens: a policy that checks without end runs out of room before its answer.
+The PRM is trained through prm_train.py, both stages, on the base policy's own samples (temperature 1: its whole
+distribution, every habit in it) plus as many solutions with one error of each kind RL can drift into
+(corrupted_solution), labelled by the program and cut after the first wrong step (PRM800K's labellers stop at the
+first error). RL samples at PURE's temperature 0.5. Labels follow the true solution: a step is good iff it
+performs the problem's next operation on the true running value and states the true result (a check: restates
+the true value; the answer: boxes the true answer after the last operation), so a
 step after an earlier error is wrong too. Tokens: a byte-level BPE trained on the world's text, digits one token
 each, Qwen2's split pattern ("\\n\\n" one token; the GPT-2-style split, "\\n\\n" as two tokens, is run_cpu.sh's
 SmolLM2 part).
@@ -109,14 +110,15 @@ def student_solution(problem, rng, p_slip=P_SLIP, p_check=P_CHECK):
     return steps + [f"The answer is \\boxed{{{v}}}."]
 
 
-ERRORS = ("off", "operand", "operator", "skip", "early", "check")
+ERRORS = ("off", "ten", "operand", "operator", "skip", "early", "check")
 
 
 def corrupted_solution(problem, rng, kind=None):
     """A solution with one error of a kind a policy under RL can drift into, at a random operation: a result off by
-    1, 2 or 10 ("off"), a wrong operand or operator, an operation skipped, the answer given early, a check of a
-    wrong value. The steps before it are right (with the student's checks); what follows is what a solver would
-    write from there (prm_example cuts it after the first bad step anyway)."""
+    1, 2 or 10 ("off"), a tens digit moved where no carry is or kept where one is ("ten": the student's slip and
+    its mirror), a wrong operand (any other digit) or operator, an operation skipped, the answer given early, a
+    check of a wrong value. The steps before it are right (with the student's checks); what follows is
+    what a solver would write from there (prm_example cuts it after the first bad step anyway)."""
     kind, v, steps = kind or rng.choice(ERRORS), problem[0], []
     k = rng.randrange(len(problem[1]))
     for i, (s, b) in enumerate(problem[1]):
@@ -129,10 +131,12 @@ def corrupted_solution(problem, rng, kind=None):
             if kind == "check":
                 steps.append(f"Check: {v + 1} = {v + 1}")
             elif kind == "operand":
-                b = b % 9 + 1
+                b = rng.choice([x for x in range(1, 10) if x != b])
             elif kind == "operator":
                 s = "-" if s == "+" else "+"
             r = apply(v, s, b) + (rng.choice([-10, -2, -1, 1, 2, 10]) if kind == "off" else 0)
+            if kind == "ten":  # the tens digit moved where none should: what a policy learning to carry overdoes
+                r = r + 10 if r // 10 == v // 10 else r - 10 if s == "+" else r + 10
         steps.append(f"{v} {s} {b} = {r}")
         v = r
         while rng.random() < P_CHECK:
@@ -259,7 +263,7 @@ class World:
     """output folder"""
     seed: int = 0
     """seed of the problems, the student's habits, the policy's initialisation and its samples"""
-    policy_steps: int = 600
+    policy_steps: int = 800
     """AdamW steps of the base policy (batches of fresh student solutions)"""
     batch_size: int = 64
     """solutions per base-policy step"""
@@ -339,7 +343,8 @@ def make_world(args):
         train_rows, heldout_rows = labelled_samples(base, [prm, heldout], args.seed)
         # + as many solutions with one error of every kind: the policy's own samples hold almost only carry slips,
         # and RL drifts into the errors its PRM never saw (PRM800K's raters rated many generators' mistakes)
-        train_rows += [prm_example(p, corrupted_solution(p, rng)) for p in prm for _ in range(4)]
+        crng = random.Random(args.seed + 2)  # not `rng`: a rerun that finds base/ made draws the same solutions
+        train_rows += [prm_example(p, corrupted_solution(p, crng)) for p in prm for _ in range(4)]
         write_jsonl(out / "prm_train.jsonl", train_rows)
         write_jsonl(out / "prm_heldout.jsonl", heldout_rows)
     print(f"world -> {out}: {len(rl)} RL prompts ({len(vr)} with gold in rl_prompts_vr.jsonl), {len(test)} test "
@@ -419,13 +424,15 @@ def what_it_shows(s):
            f"against {prm['log_loss_constant']:.3f} for the best constant."]
     if "min" in runs:
         d = runs["min"]["accuracy"] - base["accuracy"]
-        out.append(f"Min-form credit {'raised' if d > 0 else 'did not raise'} greedy test accuracy: {base['accuracy']:.1%}"
+        out.append(f"Min-form credit {'raised' if d > 0 else 'did not raise'} greedy test accuracy: "
+                   f"{base['accuracy']:.1%}"
                    f" -> {runs['min']['accuracy']:.1%} ({d:+.1%}), with {runs['min']['steps_per_response']:.1f} steps "
                    f"per response against the base's {base['steps_per_response']:.1f}.")
     if "sum" in runs:
         r = runs["sum"]["steps_per_response"] / base["steps_per_response"]
         hacked = r >= 1.5 or ("min" in runs and runs["sum"]["accuracy"] <= runs["min"]["accuracy"] - 0.10)
-        out.append(f"Sum-form credit, same seeds and budget: {runs['sum']['steps_per_response']:.1f} steps per response "
+        out.append(f"Sum-form credit, same seeds and budget: {runs['sum']['steps_per_response']:.1f} steps per "
+                   "response "
                    f"({r:.2f}x the base), accuracy {runs['sum']['accuracy']:.1%}. "
                    + ("The sum rewards every extra step the PRM likes, and the policy found the one that is free: it "
                       "pads its solutions with checks, the reward hacking min-form removes." if hacked else
@@ -467,7 +474,8 @@ def write_report(args):
         lines.append(f"| {RUNS[kind]} | {r['accuracy']:.1%} ({each}) | "
                      f"{r['steps_per_response']:.2f} | {r['response_length']:.1f} |")
     lines += ["", f"PRM (prm_train.py, both stages) on held-out samples of the base policy, labelled by the program: "
-                  f"step AUC {prm['auc']:.3f}, log loss {prm['log_loss']:.3f} (best constant {prm['log_loss_constant']:.3f}),"
+                  f"step AUC {prm['auc']:.3f}, log loss {prm['log_loss']:.3f} "
+                  f"(best constant {prm['log_loss_constant']:.3f}),"
                   f" {prm['n_steps']} steps.", "", "## What it shows", "", what_it_shows(summary), "",
               "## Sample responses (seed 1, first 3 of the step's rollouts)", ""]
     for kind, dirs in runs.items():
