@@ -223,7 +223,7 @@ def policy_batch(tok, rng, n):
 
 
 def train_policy(tok, args, rng):
-    """The base policy from scratch: a 2-layer Qwen2 (hidden 128, 2 heads of 64, ~0.45M parameters) fit to the
+    """The base policy from scratch: a 2-layer Qwen2 (hidden 128, 2 heads of 64, ~0.47M parameters) fit to the
     student's solutions by next-token cross-entropy, AdamW, linear warm-up then cosine decay. -> (model, losses)."""
     import torch
     from tqdm import tqdm

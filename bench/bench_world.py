@@ -48,12 +48,14 @@ def matmul_flops(m, k, n, seconds=1.0):
     return 2 * m * k * n * reps / (time.perf_counter() - t0)
 
 
-def matmul_params(model_dir):
-    from transformers import AutoModelForCausalLM
+def matmul_params(model_dir, token_classification=False):
+    """Parameters that take part in a matmul: all but the input embedding (a lookup), unless tied to the LM head."""
+    from transformers import AutoModelForCausalLM, AutoModelForTokenClassification
 
-    model = AutoModelForCausalLM.from_pretrained(model_dir)
-    emb = model.get_input_embeddings().weight
-    tied = emb is model.get_output_embeddings().weight
+    cls = AutoModelForTokenClassification if token_classification else AutoModelForCausalLM
+    model = cls.from_pretrained(model_dir)
+    emb, head = model.get_input_embeddings().weight, model.get_output_embeddings()
+    tied = head is not None and head.weight is emb
     return sum(p.numel() for p in model.parameters()) - (0 if tied else emb.numel())
 
 
@@ -92,7 +94,7 @@ def main(args):
     torch.set_num_threads(1)
     peak = matmul_flops(1024, 1024, 1024)
     model_shape = matmul_flops(32 * 100, 128, 384)  # a micro-batch of 32 x ~100 tokens through the MLP's up-projection
-    n_policy, n_prm = matmul_params(w / "base"), matmul_params(w / "prm2")
+    n_policy, n_prm = matmul_params(w / "base"), matmul_params(w / "prm2", token_classification=True)
     tok = AutoTokenizer.from_pretrained(w / "base")
     print(f"core {args.core}: matmul {peak / 1e9:.1f} GFLOP/s (1024^3), {model_shape / 1e9:.1f} GFLOP/s at the "
           f"model's shape [3200,128]x[128,384]; policy {n_policy:,} matmul parameters, PRM {n_prm:,}")
