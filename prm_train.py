@@ -586,22 +586,12 @@ def evaluate(args):
     model = model.to(device, torch.bfloat16 if device == "cuda" else torch.float32).eval()
     root, results = Path(args.eval_data), {}
     run = lambda items: step_probs(model, tokenizer, items, args.eval_batch_size)  # noqa: E731
-    if root.is_file():  # a labelled stepwise file of the user's: its steps, and each solution's last step alone
-        examples, _ = load_examples(root, args.limit)
-        probs = run([(e["prompt"], e["completions"]) for e in examples])
-        results["steps"] = step_metrics([p for ps in probs for p in ps], [y for e in examples for y in e["labels"]],
-                                        args.threshold)
-        results["last_step"] = step_metrics([ps[-1] for ps in probs], [e["labels"][-1] for e in examples],
-                                            args.threshold)
+    if root.is_file():  # a labelled stepwise file of the user's
+        results["steps"], results["last_step"] = stepwise_metrics(run, root, args.limit, args.threshold)
         return write_eval(args, results)
 
-    examples, _ = load_examples(root / "prm800k" / "phase1_test_stepwise_critique.jsonl", args.limit)
-    probs = run([(e["prompt"], e["completions"]) for e in examples])
-    results["prm800k_phase1_test"] = step_metrics([p for ps in probs for p in ps],
-                                                  [y for e in examples for y in e["labels"]], args.threshold)
-    # the rated candidate (last step) alone: history steps are all good, so the pooled numbers flatter the PRM
-    results["prm800k_phase1_test_last_step"] = step_metrics([ps[-1] for ps in probs],
-                                                            [e["labels"][-1] for e in examples], args.threshold)
+    results["prm800k_phase1_test"], results["prm800k_phase1_test_last_step"] = stepwise_metrics(
+        run, root / "prm800k" / "phase1_test_stepwise_critique.jsonl", args.limit, args.threshold)
     for path in sorted((root / "processbench").glob("*.jsonl")):
         rows = [r for _, r in read_jsonl(path)][:args.limit]
         probs = run([(r["problem"], r["steps"]) for r in rows])
@@ -617,6 +607,15 @@ def evaluate(args):
     results["best_of_8_math"] = best_of_n([probs[i * n:(i + 1) * n] for i in range(len(rows))],
                                           [r["score"] for r in rows], [r["pred"] for r in rows])
     return write_eval(args, results)
+
+
+def stepwise_metrics(run, path, limit, threshold):
+    """step_metrics of a labelled stepwise file (TRL or PRM800K, as --data) -> (over all its steps, over each
+    solution's last step alone: history steps are mostly good, so the pooled numbers flatter the PRM)."""
+    examples, _ = load_examples(path, limit)
+    probs = run([(e["prompt"], e["completions"]) for e in examples])
+    return (step_metrics([p for ps in probs for p in ps], [y for e in examples for y in e["labels"]], threshold),
+            step_metrics([ps[-1] for ps in probs], [e["labels"][-1] for e in examples], threshold))
 
 
 def write_eval(args, results):

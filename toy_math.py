@@ -46,7 +46,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from common import InputError, atomic_write, log_libraries_to, plot_metrics, write_jsonl
+from common import InputError, atomic_write, log_libraries_to, plot_metrics, read_jsonl, write_jsonl
+from rewards import STEP_RUN
 from rollout import format_prompt
 
 MIN_VALUE, MAX_VALUE = 10, 29  # every running value has two digits: a carry never changes the shape of a step
@@ -169,7 +170,7 @@ def label_steps(problem, steps):
 
 def split_text_steps(response):
     """A response's steps as text (PURE's separator: a run of two or more newlines; empty pieces dropped)."""
-    return [s for s in re.split(r"\n{2,}", response) if s.strip()]
+    return [s for s in STEP_RUN.split(response) if s.strip()]
 
 
 def prm_example(problem, steps):
@@ -303,8 +304,8 @@ def labelled_samples(model_dir, problem_sets, seed, n=4, max_tokens=128):
     for problems in problem_sets:
         samples = rollout.generate(llm, [format_prompt(question(p)) for p in problems], n=n, temperature=1.0,
                                    max_tokens=max_tokens, seed=seed)
-        out.append([prm_example(problems[s["prompt_index"]], split_text_steps(s["response_text"]))
-                    for s in samples if split_text_steps(s["response_text"])])
+        steps = [(s["prompt_index"], split_text_steps(s["response_text"])) for s in samples]
+        out.append([prm_example(problems[i], st) for i, st in steps if st])
     llm.llm_engine.engine_core.shutdown()
     return out
 
@@ -371,7 +372,7 @@ class Report:
 
 def eval_stats(eval_dir):
     """Greedy test accuracy (fraction), steps per response and response tokens of one evaluate.py output folder."""
-    rows = [json.loads(line) for line in open(Path(eval_dir) / "test.jsonl")]
+    rows = [r for _, r in read_jsonl(Path(eval_dir) / "test.jsonl")]
     n = len(rows)
     return {"accuracy": sum(r["correct"] for r in rows) / n,
             "steps_per_response": sum(len(split_text_steps(r["response"])) for r in rows) / n,
@@ -384,7 +385,7 @@ def mean_over(stats, key):
 
 
 def read_metrics(run_dir):
-    return [json.loads(line) for line in open(Path(run_dir) / "metrics.jsonl")]
+    return [r for _, r in read_jsonl(Path(run_dir) / "metrics.jsonl")]
 
 
 def plot_curves(runs, png):
@@ -413,8 +414,7 @@ def plot_curves(runs, png):
 
 
 def samples(run_dir, step, k=3):
-    rows = [json.loads(line) for line in open(Path(run_dir) / "rollouts" / f"step-{step}.jsonl")]
-    return rows[:k]
+    return [r for _, r in read_jsonl(Path(run_dir) / "rollouts" / f"step-{step}.jsonl")][:k]
 
 
 def what_it_shows(s):
