@@ -9,7 +9,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-PRM_STEP_SEPARATOR = "\n"  # TRL PRMTrainer's default step_separator; PURE's PRM was trained with it (spec (a)).
+# TRL PRMTrainer's default step_separator (github.com/huggingface/trl@v0.13.0 trl/trainer/prm_config.py): PURE's PRM
+# was trained with it (PRM/finetune.py of github.com/CJReinforce/PURE@41f9363b8cc4af044b7fc5f7f9bbbf62139e9553
+# runs trl==0.13.0's PRMTrainer and leaves step_separator at its default).
+PRM_STEP_SEPARATOR = "\n"
 
 
 class InputError(ValueError):
@@ -82,7 +85,8 @@ def separator_ids(tokenizer, separator=PRM_STEP_SEPARATOR):
 
 def tokenize_prm_example(tokenizer, prompt, steps, labels=None, separator=PRM_STEP_SEPARATOR):
     """Text steps -> (input_ids, ends, token_labels). token_labels is None when labels is None, else a list
-    with int(label_k) on ends[k] and -100 everywhere else (TRL prm_trainer.py tokenize_row).
+    with int(label_k) on ends[k] and -100 everywhere else (PRMTrainer.tokenize_row, trl/trainer/prm_trainer.py in
+    github.com/huggingface/trl@v0.13.0).
     A BOS token is prepended when the tokenizer defines one (Qwen has none)."""
     bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
     prompt_ids = bos + tokenizer.encode(prompt, add_special_tokens=False)
@@ -178,6 +182,7 @@ def export_smollm2(out_dir):
     tok.save_pretrained(tmp)
     os.replace(tmp, out_dir)
     return out_dir
+
 
 
 if __name__ == "__main__":

@@ -1,8 +1,9 @@
 """PURE credit assignment: per-step process rewards p_k -> per-token returns and advantages.
 
-Default = the headline run of PURE main @41f9363 (OpenRLHF experience_maker.py + replay_buffer.py), every quirk
-reproduced on purpose and named `QUIRK` in a comment. For one response with K steps (step k: c_k tokens including
-its terminal token, n_k = c_k - 1 content tokens, L = sum_k c_k) and PRM scores p_k in (-1, 1):
+Default = the headline run of PURE main, github.com/CJReinforce/PURE@41f9363b8cc4af044b7fc5f7f9bbbf62139e9553
+(openrlhf/trainer/ppo_utils/experience_maker.py + replay_buffer.py there), every quirk reproduced on purpose and
+named `QUIRK` in a comment. For one response with K steps (step k: c_k tokens including its terminal token,
+n_k = c_k - 1 content tokens, L = sum_k c_k) and PRM scores p_k in (-1, 1):
 
     w_k   = softmax_k(-p_k / T)                 credit weights (min-form; T = 0.1)
     r_k   = w_k * p_k                           on step k's terminal token;  O = sum_k r_k -> min_k p_k as T -> 0
@@ -20,9 +21,10 @@ response length) and moves the K step scores into a left-aligned [B, K] step lay
 Everything is computed in float64: the reference's math, not its bf16/fp32 rounding. The JSONL CLI
 (`python credit.py --help`) builds the tensors from one file = one buffer.
 
-PRIME (Cui et al. 2025; PRIME-RL/PRIME@18ad596), the sibling method, in its own section: implicit per-token rewards
-r_t = log pi_psi(y_t) - log pi_ref(y_t) (prime_token_rewards), RLOO per reward source + masked whitening
-(prime_advantages), the online implicit PRM's CE loss (prime_prm_loss) and the accuracy filter (prime_filter).
+PRIME (Cui et al. 2025; github.com/PRIME-RL/PRIME at the commit named in its section), the sibling method, in its
+own section: implicit per-token rewards r_t = log pi_psi(y_t) - log pi_ref(y_t) (prime_token_rewards), RLOO per
+reward source + masked whitening (prime_advantages), the online implicit PRM's CE loss (prime_prm_loss) and the
+accuracy filter (prime_filter).
 """
 import sys
 from dataclasses import dataclass
@@ -65,7 +67,8 @@ class CreditArgs:
 
 def step_rewards(p, step_mask, credit="min", temperature=0.1):
     """Credit-weighted step rewards r_k. p [B, K] p_k of step k (steps left-aligned, K = most steps in the
-    buffer), step_mask [B, K] bool -> r [B, K] (0 on padding steps).
+    buffer), step_mask [B, K] bool -> r [B, K] (0 on padding steps). temperature: the credit softmax temperature T
+    of the min-form (pure_advantages' credit_temperature), not the sampling one.
 
     The gamma = 1 suffix sum sum_{k>=j} r_k is the process part of the return of every token of step j.
     strict-min: r_k = m_k - m_{k+1} with m_k = min_{k'>=k} p_k' and m_{K+1} = 0, so the suffix sum telescopes to
@@ -125,7 +128,7 @@ def whiten(returns, action_mask, all_reduce=None):
 
 
 def pure_advantages(process_rewards, step_end_mask, action_mask, solved, has_gold, logratio, n_samples, *,
-                    credit="min", temperature=0.1, baseline="token", reward_mode="PRMVR", vr_coef=1.0,
+                    credit="min", credit_temperature=0.1, baseline="token", reward_mode="PRMVR", vr_coef=1.0,
                     kl_coef=0.001, mask_separators=True, normalize=True, all_reduce=None):
     """PURE token advantages and returns for a buffer of B responses in groups of n_samples adjacent rows.
 
@@ -133,7 +136,8 @@ def pure_advantages(process_rewards, step_end_mask, action_mask, solved, has_gol
     terminal token (the last one at the final action token); action_mask [B, T] bool (right-padded responses);
     solved [B] 0/1; has_gold [B] bool (no gold answer -> verifiable reward 0); logratio [B, T] log pi_theta -
     log pi_ref. Computed in float64; returns (advantages [B, T], returns [B, T]) in process_rewards.dtype, and
-    info = {reward: mean O_i, return: mean sum_t R_t, whiten_mean, whiten_std (if normalize)}.
+    info = {reward: mean O_i, return: mean sum_t R_t, whiten_mean, whiten_std (if normalize)}. The keywords are
+    CreditArgs' fields (credit_temperature: T of w = softmax(-p/T), not the sampling temperature).
     """
     B = process_rewards.shape[0]
     if n_samples < 2 or B % n_samples:
@@ -145,7 +149,7 @@ def pure_advantages(process_rewards, step_end_mask, action_mask, solved, has_gol
     steps = torch.arange(int(K.max()), device=K.device) < K[:, None]  # [B, Kmax] steps left-aligned (score_mask)
     p = torch.zeros(steps.shape, dtype=torch.float64, device=K.device)  # [B, Kmax] p_k
     p[steps] = process_rewards[rows, t].double()  # nonzero() is row-major: the k-th terminal of a row is step k
-    r = step_rewards(p, steps, credit, temperature) if "PRM" in reward_mode else torch.zeros_like(p)  # [B, Kmax]
+    r = step_rewards(p, steps, credit, credit_temperature) if "PRM" in reward_mode else torch.zeros_like(p)  # [B, K]
     outcome = r.sum(-1)  # [B] O_i
     if baseline == "token":
         # a_i = sum_{j!=i} O_j / sum_{j!=i} L_j  (the 1/(n-1) of both leave-one-out means cancels)
@@ -179,8 +183,10 @@ def pure_advantages(process_rewards, step_end_mask, action_mask, solved, has_gol
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# PRIME (Cui et al. 2025, "Process Reinforcement through Implicit Rewards") as coded in PRIME-RL/PRIME@18ad596
-# training/verl: workers/actor/dp_prime.py (implicit PRM), trainer/ppo/core_algos.py (RLOO, CE loss), ray_trainer.py
+# PRIME (Cui et al. 2025, "Process Reinforcement through Implicit Rewards", arXiv 2502.01456) as coded in
+# github.com/PRIME-RL/PRIME@18ad596f08d487bb546d80d738d99ec697bd2e75, under training/verl/ there:
+# workers/actor/dp_prime.py (implicit PRM), trainer/ppo/core_algos.py (RLOO, CE loss), trainer/ppo/ray_trainer.py
+# (filter); under training/examples/: run_prime_main.sh (the run's settings)
 
 
 def prime_token_rewards(logp_prm, logp_ref, action_mask, beta=1.0, batch_norm=True):
@@ -198,8 +204,21 @@ def prime_token_rewards(logp_prm, logp_ref, action_mask, beta=1.0, batch_norm=Tr
     return r
 
 
+def step_sums(r, step_end):
+    """Token rewards summed over each step, on the step's terminal token (0 elsewhere): p_k = sum_{t in step k} r_t
+    (ppo.py --prime-credit step). r [B, T]; step_end [B, T] bool (terminal token of each step; the last at the final
+    action token) -> [B, T]."""
+    C = r.cumsum(-1)  # [B, T] sum_{t'<=t} r_t'
+    t = torch.arange(r.shape[1], device=r.device).expand_as(r)  # [B, T]
+    last = torch.where(step_end, t, -1).cummax(-1).values  # [B, T] the latest terminal at or before t
+    prev = torch.cat([torch.full_like(last[:, :1], -1), last[:, :-1]], -1)  # [B, T] the latest terminal before t
+    before = torch.where(prev >= 0, C.gather(-1, prev.clamp(min=0)), 0)  # [B, T] C at the previous step's end
+    return torch.where(step_end, C - before, 0)
+
+
 def masked_rloo(r, mask, n_samples):
-    """PRIME's leave-one-out for ONE reward source (core_algos.py masked_rloo), groups of n adjacent rows.
+    """PRIME's leave-one-out for ONE reward source (core_algos.py:129-139, in compute_rloo_returns), groups of n
+    adjacent rows.
     r [B, T], mask [B, T] bool (the tokens that carry this source) -> [B, T], 0 off the mask:
         r_{i,t} <- r_{i,t} * n/(n-1) - sum_{j in group} m_j / (n-1),   m_j = mean_{t in mask_j} r_{j,t}
     i.e. r_{i,t} - mean_{j!=i} m_j + (r_{i,t} - m_i)/(n-1); with one masked token per row: r_i - mean_{j!=i} r_j."""
@@ -374,7 +393,7 @@ def run(args):
     rows, order, n_samples = read_buffer(args.input)
     p, ends, act, solved, has_gold, lr, lengths = to_tensors([rows[i] for i in order])
     adv, ret, _ = pure_advantages(p, ends, act, solved, has_gold, lr, n_samples, credit=args.credit,
-                                  temperature=args.credit_temperature, baseline=args.baseline,
+                                  credit_temperature=args.credit_temperature, baseline=args.baseline,
                                   reward_mode=args.reward_mode, vr_coef=args.vr_coef, kl_coef=args.kl_coef,
                                   mask_separators=args.mask_separators, normalize=args.normalize)
     out = [None] * len(rows)

@@ -1,7 +1,8 @@
 """Greedy pass@1 on the PURE benchmarks with vLLM, graded in parallel, written as JSONL + results.json + a
 Markdown table in the paper's layout.
 
-Protocol = PURE's `eval/sh/eval.sh` (Qwen2.5-Math math_eval.py), spec (i): the training prompt template (no chat
+Protocol = PURE's `eval/sh/eval.sh` (Qwen2.5-Math's math_eval.py) in
+github.com/CJReinforce/PURE@41f9363b8cc4af044b7fc5f7f9bbbf62139e9553: the training prompt template (no chat
 template), greedy decoding (temperature 0, top_p 1), seed 42, at most 3000 new tokens, stop on EOS, one sample,
 no code execution; Avg = unweighted mean of MATH500, Minerva Math, OlympiadBench, AIME 2024 and AMC 2023.
 
@@ -19,7 +20,6 @@ from tqdm import tqdm
 
 from common import InputError, atomic_write, finite, log_libraries_to, read_jsonl, write_jsonl
 
-REPO_DATA_DIR = Path(__file__).resolve().parent.parent / "shared" / "data" / "eval"
 # Reference stop strings (math_eval.py); the EOS token itself always stops vLLM.
 STOP = ["</s>", "<|im_end|>", "<|endoftext|>"]
 
@@ -111,13 +111,16 @@ def _hf_rows(bench):
 
         ds = datasets.load_dataset(name, config, split=split)
     except Exception as e:  # offline, unknown name, ...: one line, no library traceback
-        raise InputError(f"hf:{name}", None, None, f"cannot load ({type(e).__name__}: {str(e).splitlines()[0]})")
+        raise InputError(f"hf:{name}", None, None, f"cannot load ({type(e).__name__}: {str(e).splitlines()[0]}); "
+                         f"without the hub, pass --data-dir DIR with a local copy at DIR/{bench.file} (the repo "
+                         "ships the first 20 problems in data/eval)") from None
     return f"hf:{name}", [(i + 1, {**r, bench.question: r.get(question)}) for i, r in enumerate(ds)]
 
 
-def load_benchmark(name, data_dir=REPO_DATA_DIR, limit=None):
-    """Benchmark rows as [dict(question, gold)], read from data_dir/FILE, or from the public HF dataset when
-    data_dir is None. A missing file, a missing field or a gold that cannot be extracted is an InputError."""
+def load_benchmark(name, data_dir=None, limit=None):
+    """Benchmark rows as [dict(question, gold)], read from data_dir/FILE (e.g. data/eval, the shipped first 20
+    problems), or from the public HF dataset by name when data_dir is None. A missing file, a missing field or a
+    gold that cannot be extracted is an InputError."""
     bench = BENCHMARKS[name]
     if data_dir is None:
         source, rows = _hf_rows(bench)
@@ -233,7 +236,8 @@ def evaluate_benchmark(llm, rows, args):
 
 
 def accuracy(verdicts):
-    """100 * mean(correct), rounded to 1 decimal (reference scoring, spec (i))."""
+    """100 * mean(correct), rounded to 1 decimal (reference scoring: PURE's eval/evaluate.py, np.round(mean * 100,
+    decimals=1))."""
     return round(100 * sum(verdicts) / len(verdicts), 1)
 
 
@@ -398,9 +402,10 @@ class Args:
     output_dir: Path = Path("runs/eval")
     """One NAME.jsonl per benchmark, results.json, results.md (or compare.md with --compare). A rerun with the
     same settings skips the benchmarks already finished there."""
-    data_dir: Path | None = REPO_DATA_DIR if REPO_DATA_DIR.is_dir() else None
-    """Folder with the benchmark JSONL files (default: ../shared/data/eval beside the repo when present).
-    None: load the public Hugging Face datasets instead (math500 = HuggingFaceH4/MATH-500, ...)."""
+    data_dir: Path | None = None
+    """Folder with the benchmark JSONL files, named as in BENCHMARKS (data/eval: the first 20 problems of each,
+    shipped for quick CPU runs). None: the full public Hugging Face datasets by name (math500 =
+    HuggingFaceH4/MATH-500, ...; HF_HUB_OFFLINE=1 reads them from the local cache only)."""
     prompt_template: Literal["pure", "chat"] = "pure"
     """pure = the training prompt, no chat template (the paper's protocol); chat = that prompt as a user turn of
     the tokenizer's chat template (instruct models)."""

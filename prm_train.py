@@ -3,13 +3,16 @@
 The PRM is a causal LM with a 2-class token head (0 = "bad", 1 = "good"). A solution is laid out as
 `prompt + Σ_k (step_k + "\n")` (common.tokenize_prm_example, shared with rewards.py) and the label of step k
 sits on the separator after it; every other position is -100. The loss is token-level cross-entropy over those
-positions only (spec (a)):
+positions only, as PURE trains its PRM (PRM/finetune.py: TRL 0.13.0's PRMTrainer, a token-classification head, in
+github.com/CJReinforce/PURE@41f9363b8cc4af044b7fc5f7f9bbbf62139e9553):
 
     L = -(1/N) Σ_{b,t: y_bt != -100} log softmax(score(h_bt))[y_bt],   N = #labelled tokens in the global batch
 
 Stage 1 freezes the base model and trains only the score head (lr 1e-4, 3 epochs); stage 2 starts from the
 stage-1 folder and trains everything (lr 1e-6, 1 epoch). Global batch 128, AdamW (0.9, 0.95), weight decay 0.1,
-constant LR, no warmup, bf16 on GPU, gradient checkpointing, DeepSpeed ZeRO-2, via transformers.Trainer.
+constant LR, no warmup, bf16 on GPU, gradient checkpointing, DeepSpeed ZeRO-2 (PURE's PRM/train_stage_1.sh,
+train_stage_2.sh). The loop is plain DeepSpeed (deepspeed.initialize, engine.backward / engine.step), no
+transformers.Trainer.
 
     torchrun --nproc_per_node 8 prm_train.py --model Qwen/Qwen2.5-Math-7B --output-dir runs/prm1 --stage 1
     torchrun --nproc_per_node 8 prm_train.py --model runs/prm1 --output-dir runs/prm2 --stage 2
@@ -35,13 +38,15 @@ import torch.nn.functional as F
 
 from common import (InputError, atomic_write, log_libraries_to, plot_metrics, read_jsonl, tokenize_prm_example,
                     write_jsonl)
+from runtime import deepspeed_args, init_ranks, own_gpu_first
 
-SHARED_DATA = Path(__file__).resolve().parent.parent / "shared" / "data"
+DATA = Path(__file__).resolve().parent / "data"  # the slices shipped with the repo (data/README.md)
 ID2LABEL, LABEL2ID = {0: "bad", 1: "good"}, {"bad": 0, "good": 1}
 # PRM800K rating -> label. +1 (good) and 0 (neutral: reasonable but not progressing) -> good, -1 -> bad; the
 # Math-Shepherd / OpenR convention. Why 0 -> good: PRM800K labellers may continue a solution from a 0-rated step, so
 # calling it bad would also make every solution passing through it "contain an error", and ProcessBench and the
-# min-form credit only punish real errors. (TRL's trl-lib/prm800k script uses rating == 1 instead.)
+# min-form credit only punish real errors. (TRL's script for trl-lib/prm800k, examples/datasets/prm800k.py in
+# github.com/huggingface/trl@v0.13.0, uses rating == 1 instead.)
 RATING_TO_LABEL = {1: True, 0: True, -1: False}
 
 
@@ -99,9 +104,11 @@ class Args:
     """use only the first N training examples / N items per evaluation set (quick runs; paper: all)"""
     eval_only: bool = False
     """evaluate --model (a trained PRM) on PRM800K phase-1 test, ProcessBench and best-of-8, write eval.json, exit"""
-    eval_data: str = str(SHARED_DATA)
-    """folder holding prm800k/, processbench/ and extras/ (the shared data layout); or a labelled stepwise file
-    (TRL or PRM800K format, as --data): step accuracy, F1, AUC and log loss vs the constant on its steps"""
+    eval_data: str = str(DATA)
+    """folder holding prm800k/phase1_test_stepwise_critique.jsonl, processbench/*.jsonl and
+    extras/qwen25math_math_cot_100_rm_maj.jsonl (default: the repo's data/, small slices; the full files' sources
+    are in data/README.md); or a labelled stepwise file (TRL or PRM800K format, as --data): step accuracy, F1, AUC
+    and log loss vs the constant on its steps"""
     threshold: float = 0.5
     """a step is predicted bad when P(good) < threshold (ProcessBench's first-error rule; 0.5 as in the benchmark)"""
     eval_batch_size: int = 8
@@ -151,7 +158,8 @@ def critique_label(path, n, row):
 
 
 def prm800k_examples(path, rows):
-    """PRM800K stepwise-critique rows -> TRL examples, the layout of TRL's examples/datasets/prm800k.py.
+    """PRM800K stepwise-critique rows -> TRL examples, the layout of examples/datasets/prm800k.py in
+    github.com/huggingface/trl@v0.13.0.
 
     A row is one rated candidate `next_response` after the steps already chosen (`responses`). Every candidate
     becomes an example `history + [candidate]` with labels [label(history step) ...] + [label(candidate)], except a
@@ -217,7 +225,9 @@ def load_examples(data, limit=None):
         try:
             rows = datasets.load_dataset(data, split="train")
         except Exception as e:  # offline, unknown name, ...: one line, not a hub traceback
-            raise InputError(data, None, None, f"not a local file, and the hub dataset failed to load: {e}") from None
+            raise InputError(data, None, None, "not a local file, and the hub dataset failed to load "
+                             f"({type(e).__name__}: {str(e).splitlines()[0]}); without the hub, pass --data "
+                             "path/to/file.jsonl or .parquet (data/prm800k/ ships a PRM800K slice)") from None
         examples, counts = [check_trl_row(data, n, row) for n, row in enumerate(rows, 1)], Counter()
     if limit is not None:
         counts[f"skipped: examples beyond --limit {limit}"] += max(0, len(examples) - limit)
@@ -288,7 +298,7 @@ def load_prm(model_path, tokenizer_only=False):
 
 
 def prm_loss(logits, labels, n_labelled):
-    """Token-level cross-entropy on the labelled separator positions only (spec (a)).
+    """Token-level cross-entropy on the labelled separator positions only (TRL PRMTrainer's loss, PURE's PRM).
 
     logits [B, T, 2], labels [B, T] (0/1 at step ends, -100 elsewhere), n_labelled = #labelled tokens in the whole
     global batch (all ranks and accumulation steps), so that the summed micro-batch losses give the global mean
@@ -338,19 +348,9 @@ def setup(args):
     """Distributed init, data, model, DeepSpeed engine. Returns a dict of everything train() needs."""
     import deepspeed
 
-    on_gpu = torch.cuda.is_available()
-    if "RANK" not in os.environ:  # plain `python prm_train.py`: one process, as torchrun --nproc_per_node 1 would
-        import socket
-
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
-        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     log_libraries_to(Path(args.output_dir) / "library.log")  # DeepSpeed, transformers: not on the console
-    deepspeed.init_distributed(dist_backend="nccl" if on_gpu else "gloo")
-    rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
-    if on_gpu:
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+    rank, world, _, device = init_ranks()  # as ppo.py: a world of one without torchrun; GPU: this rank's own
+    on_gpu = device.type == "cuda"
     if args.global_batch_size % (args.per_device_batch_size * world):
         raise InputError("--global-batch-size", None, None, f"{args.global_batch_size} is not a multiple of "
                          f"--per-device-batch-size {args.per_device_batch_size} x {world} processes")
@@ -375,7 +375,7 @@ def setup(args):
          {"params": [p for p in trainable if p.ndim < 2], "weight_decay": 0.0}],
         lr=lr, betas=(args.adam_beta1, args.adam_beta2))
     n_params = (sum(p.numel() for p in trainable), sum(p.numel() for p in model.parameters()))
-    engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=config)
+    engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=config, args=deepspeed_args(device))
     epochs = args.epochs if args.epochs is not None else {1: 3.0, 2: 1.0}[args.stage]
     schedule = batch_schedule([len(f["input_ids"]) for f in features], args.global_batch_size, epochs, args.seed,
                               args.group_by_length)
@@ -628,6 +628,7 @@ def write_eval(args, results):
 if __name__ == "__main__":
     import tyro
 
+    own_gpu_first()  # GPU: this rank sees its own GPU only (cuda:0), before anything touches CUDA
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     args = tyro.cli(Args)
     try:

@@ -4,9 +4,13 @@
 
 Input rows (one per response): response_text, response_ids, group, gold (str or null), and prompt_ids (or prompt
 text) for the PRM. Output rows carry every input field plus credit.py's fields group, step_token_counts,
-process_rewards, verifiable_reward, plus extracted_answer and check_timed_out. Reference behaviour:
-pure_reference.md (c), (f), (j).
-torch/transformers are imported inside the PRM functions so the checker's worker processes stay light.
+process_rewards, verifiable_reward, plus extracted_answer and check_timed_out. Reference behaviour: PURE's
+experience maker, github.com/CJReinforce/PURE@41f9363b8cc4af044b7fc5f7f9bbbf62139e9553 (below "PURE@41f9363"):
+openrlhf/trainer/ppo_utils/experience_maker.py (below "experience_maker.py") and openrlhf/utils/utils.py.
+
+The answer checker (grade, grade_many, is_correct) needs only the standard library and math-verify: copied alone
+under any name into another project, it works. torch, transformers and this repo's common.py are imported inside
+the PRM and CLI functions only, so the checker's worker processes stay light.
 """
 import bisect
 import functools
@@ -18,8 +22,6 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Literal
-
-from common import InputError, prm_sequence, read_jsonl, separator_ids, write_jsonl
 
 STEP_RUN = re.compile(r"\n{2,}")  # what ends a step: a run of two or more newlines (the policy is asked for "\n\n")
 
@@ -36,12 +38,13 @@ def separator_runs(response_ids, tokenizer) -> list:
     newlines of the decoded text, one pair per token that ends such a run (sorted by last).
 
     Why on the text, not on tokens: GPT-2-style tokenizers (SmolLM2, Pythia, OLMo: split pattern `\\s+(?!\\S)|\\s+`)
-    encode "a\\n\\nb" as a, \\n, \\n, b, so no single token ends with "\\n\\n" (the reference's test, EM:168-175)
-    and every response would be one step. Qwen/Llama-3 tokenizers (`\\s*[\\r\\n]+`) keep "\\n\\n", ".\\n\\n" and
-    "\\n\\n\\n" as one token; there the last token of a run is exactly the reference's separator token. A run split
-    over several tokens ends one step, at its last token (the reference would end one step per token ending with
-    "\\n\\n" there). Linear: each token's text comes from the cached vocab table, one regex pass over their
-    concatenation (for byte-level BPE and byte-fallback SentencePiece the newlines are exactly the full decode's).
+    encode "a\\n\\nb" as a, \\n, \\n, b, so no single token ends with "\\n\\n" (the reference's test,
+    experience_maker.py:168-175) and every response would be one step. Qwen/Llama-3 tokenizers (`\\s*[\\r\\n]+`)
+    keep "\\n\\n", ".\\n\\n" and "\\n\\n\\n" as one token; there the last token of a run is exactly the reference's
+    separator token. A run split over several tokens ends one step, at its last token (the reference would end one
+    step per token ending with "\\n\\n" there). Linear: each token's text comes from the cached vocab table, one regex
+    pass over their concatenation (for byte-level BPE and byte-fallback SentencePiece the newlines are exactly the
+    full decode's).
     """
     texts = token_texts(tokenizer)
     pieces = [texts[t] if 0 <= t < len(texts) else "" for t in response_ids]  # ids past the vocab: no text
@@ -70,10 +73,34 @@ def split_steps(response_ids, tokenizer) -> list:
     return [b - a for a, b in zip([-1] + ends[:-1], ends)]
 
 
+def step_texts(response_ids, counts, tokenizer) -> list:
+    """The text of each step of one response (`counts`: split_steps'), separator newlines and EOS dropped."""
+    ends = list(itertools.accumulate(counts))
+    return [tokenizer.decode(response_ids[a:b], skip_special_tokens=True).strip()
+            for a, b in zip([0, *ends[:-1]], ends)]
+
+
+def program_scores(scorer, questions, steps) -> list:
+    """Process rewards from a program instead of a PRM (ppo.py --step-scorer): scorer(questions, steps) with steps
+    [B][K_b] step texts -> [B][K_b] scores, checked: one per step, each inside (-1, 1) like a PRM's p = P(good) -
+    P(bad) (the min-form weights need it). A wrong shape or value is one InputError line."""
+    from common import InputError
+
+    scores = list(scorer(questions, steps))
+    if len(scores) != len(steps):
+        raise InputError("--step-scorer", None, None, f"{len(scores)} score lists for {len(steps)} responses")
+    for i, (ps, st) in enumerate(zip(scores, steps)):
+        if len(ps) != len(st) or not all(-1 < p < 1 for p in ps):
+            raise InputError("--step-scorer", None, None, f"response {i}: {len(st)} steps, got scores {ps} (one per "
+                                                          "step, each in (-1, 1))")
+    return [[float(p) for p in ps] for ps in scores]
+
+
 # ---------------------------------------------------------------------------------------------------- PRM
 def prm_steps(response_ids, tokenizer, drop_fused_punctuation=True, drop_eos=True):
-    """Per-step PRM content ids (spec (c)2): each step without its separator, ready for common.prm_sequence,
-    which appends the PRM separator "\\n" after each step: the layout prm_train.py labels.
+    """Per-step PRM content ids, as PURE@41f9363 experience_maker.py:825-870 rebuilds the PRM input: each step
+    without its separator, ready for common.prm_sequence, which appends the PRM separator "\\n" after each step: the
+    layout prm_train.py labels.
 
     A step's whole separator run is dropped: every token that holds a newline of the run (on SmolLM2 both "\\n"
     tokens). Reference quirk (drop_fused_punctuation=True): those tokens are dropped whole, so Qwen's ".\\n\\n"
@@ -102,13 +129,15 @@ def check_prm_head(prm_model):
 def prm_scores(prm_model, prm_tokenizer, prompt_ids_list, response_ids_list, *, batch_size=16,
                drop_fused_punctuation=True, drop_eos=True) -> list:
     """p_k per step (split_steps' steps) for each response: p_k = softmax(logits)[1] - softmax(logits)[0] =
-    2 P(good) - 1 (spec (c)3), read at the PRM separator "\\n" that replaces step k's separator (prm_steps,
-    common.prm_sequence layout).
+    2 P(good) - 1 (PURE@41f9363 openrlhf/utils/utils.py:160-161), read at the PRM separator "\\n" that replaces
+    step k's separator (prm_steps, common.prm_sequence layout).
 
     Batched: sequences sorted by length, right-padded with an attention mask (causal attention makes the real
     tokens' logits independent of right padding), eval mode, no_grad. Returns list[list[float]] in input order.
     """
     import torch
+
+    from common import prm_sequence, separator_ids
 
     check_prm_head(prm_model)
     prm_model.eval()
@@ -132,7 +161,7 @@ def prm_scores(prm_model, prm_tokenizer, prompt_ids_list, response_ids_list, *, 
         with torch.no_grad():
             logits = prm_model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.double()  # [B,T,2]
         probs = logits.softmax(-1)  # [B, T, 2]
-        # p = P(good) - P(bad) (utils.py:160-162), in float64 then kept inside (-1, 1) as credit.py requires
+        # p = P(good) - P(bad) (utils.py:160-161), in float64 then kept inside (-1, 1) as credit.py requires
         # (the reference's bf16 can round a confident step to exactly +-1).
         p = (probs[..., 1] - probs[..., 0]).clamp(-1 + 1e-12, 1 - 1e-12).cpu()  # [B, T]
         for r, i in enumerate(idx):
@@ -421,9 +450,9 @@ def is_correct(response: str, gold: str, timeout: float = 5.0) -> bool:
 # ---------------------------------------------------------------------------------------------------- time limits
 # Each check runs in a worker process that is killed on timeout: math-verify/sympy can run for hours on inputs like
 # 10^{10^{10^{10}}}, and math-verify's own signal.alarm limits only work in the main thread. Workers are plain
-# `python -c` subprocesses talking JSON lines over stdin/stdout (no fork of a torch/vLLM process, no re-import of
-# the caller's __main__, fine inside daemonic pool workers); idle ones are reused across calls and threads. A killed
-# one is replaced on next use.
+# `python -c` subprocesses that load this file by its path (whatever it is called, wherever it was copied) and talk
+# JSON lines over stdin/stdout (no fork of a torch/vLLM process, no re-import of the caller's __main__, fine inside
+# daemonic pool workers); idle ones are reused across calls and threads. A killed one is replaced on next use.
 _IDLE, _LOCK = [], threading.Lock()
 _START_TIMEOUT = 120.0
 
@@ -435,7 +464,11 @@ def _forget_workers():
     _IDLE, _LOCK = [], threading.Lock()
 
 
-os.register_at_fork(after_in_child=_forget_workers)
+@functools.cache
+def _forget_workers_at_fork():
+    """Registers _forget_workers for every later fork, once, at the first check (importing the file changes nothing
+    in the process). A second registration by a racing thread is harmless: forgetting twice is forgetting once."""
+    os.register_at_fork(after_in_child=_forget_workers)
 
 
 def _serve():
@@ -464,8 +497,10 @@ def _start_worker():
     import subprocess
     import sys
 
-    here = os.path.dirname(os.path.abspath(__file__))
-    code = f"import sys; sys.path.insert(0, {here!r}); import rewards; rewards._serve()"
+    # this file, loaded by its path under a name of its own (it may be renamed or copied into another project)
+    code = ("import importlib.util, sys; spec = importlib.util.spec_from_file_location('_answer_checker', "
+            f"{os.path.abspath(__file__)!r}); module = sys.modules[spec.name] = importlib.util.module_from_spec(spec); "
+            "spec.loader.exec_module(module); module._serve()")
     proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
     # start-up (imports, warm-up: ~1-2 s) is not part of a check's timeout, but it is bounded too
     if not select.select([proc.stdout], [], [], _START_TIMEOUT)[0] or proc.stdout.readline() != b"ready\n":
@@ -476,13 +511,15 @@ def _start_worker():
 
 
 def grade(response, gold, timeout=5.0) -> dict:
-    """dict(correct, extracted, timed_out). correct is None when gold is None (no verifiable reward, spec (f));
-    a check that runs past `timeout` seconds is killed and counts as wrong (timed_out=True). Thread-safe."""
+    """dict(correct, extracted, timed_out). correct is None when gold is None (no verifiable reward, as for PURE's
+    prompts whose answer is "null": experience_maker.py:1118-1129); a check that runs past `timeout` seconds is
+    killed and counts as wrong (timed_out=True). Thread-safe."""
     import json
     import select
 
     if gold is None:
         return dict(correct=None, extracted=extract_marked(response), timed_out=False)
+    _forget_workers_at_fork()
     with _LOCK:
         proc = _IDLE.pop() if _IDLE else None
     if proc is None or proc.poll() is not None:  # none idle, or the idle one died
@@ -535,6 +572,8 @@ class Args:
 
 
 def _validate(path, line, row, vocab_size):
+    from common import InputError
+
     def need(field, ok, msg):
         if not ok:
             raise InputError(path, line, field, msg)
@@ -550,6 +589,8 @@ def _validate(path, line, row, vocab_size):
 
 
 def _prm_prompt_ids(path, line, row, tok, prm_prompt):
+    from common import InputError
+
     field = "question" if prm_prompt == "question" else "prompt_ids" if "prompt_ids" in row else "prompt"
     value = row.get(field)
     if field == "prompt_ids":
@@ -564,6 +605,8 @@ def _prm_prompt_ids(path, line, row, tok, prm_prompt):
 
 def run(args):
     from transformers import AutoTokenizer
+
+    from common import InputError, read_jsonl, write_jsonl
 
     if args.prm == "none" and args.tokenizer is None:
         raise InputError("--tokenizer", None, None, "needed with --prm none (step splitting uses it)")
@@ -583,7 +626,7 @@ def run(args):
     graded = grade_many([r["response_text"] for _, r in rows], golds, args.timeout, args.workers)
     out = []
     for (_, r), c, pk, g in zip(rows, counts, p, graded):
-        vr = None if g["correct"] is None else int(g["correct"])  # 1/0 with a gold, null without (spec (f))
+        vr = None if g["correct"] is None else int(g["correct"])  # 1/0 with a gold, null without
         out.append({**r, "step_token_counts": c, "process_rewards": pk, "verifiable_reward": vr,
                     "extracted_answer": g["extracted"], "check_timed_out": g["timed_out"]})
     write_jsonl(args.output, out)
@@ -595,6 +638,8 @@ def run(args):
 def _score_with_prm(args, tok, rows):
     import torch
     from transformers import AutoModelForTokenClassification, AutoTokenizer
+
+    from common import InputError
 
     prm_tok = AutoTokenizer.from_pretrained(args.prm)
     if prm_tok.get_vocab() != tok.get_vocab():
@@ -614,6 +659,8 @@ if __name__ == "__main__":
     import sys
 
     import tyro
+
+    from common import InputError
 
     try:
         run(tyro.cli(Args))

@@ -1,4 +1,5 @@
-"""Sampling with vLLM, exactly as PURE's experience maker does it (pure_reference.md (b)): the reference prompt
+"""Sampling with vLLM, exactly as PURE's experience maker does it (openrlhf/trainer/ppo_utils/experience_maker.py of
+github.com/CJReinforce/PURE@41f9363b8cc4af044b7fc5f7f9bbbf62139e9553, below "PURE@41f9363"): the reference prompt
 template, prompts tokenized without special tokens, n samples per prompt kept ADJACENT (a group is n consecutive
 rows), temperature 0.5, top_p 1, up to 2048 new tokens, stop on EOS only. Each sample keeps its token ids (with the
 EOS when one was generated), its text and the sampler's log-prob of every sampled token.
@@ -18,7 +19,7 @@ from pathlib import Path
 
 from common import InputError, log_libraries_to, read_jsonl, write_jsonl
 
-# openrlhf/cli/train_pure_ray.py:269 `--input_template`; the "\n" are real newlines, as in the reference.
+# PURE@41f9363 openrlhf/cli/train_pure_ray.py:269 `--input_template`; the "\n" are real newlines, as there.
 PROMPT_TEMPLATE = ('{}\n\nPlease reason step by step with steps separated by "\n\n", '
                    "and put your final answer within \\boxed{{}}.")
 
@@ -31,20 +32,28 @@ def format_prompt(question, template=PROMPT_TEMPLATE):
 def load_prompts(path_or_name, question_key="question", answer_key="answer"):
     """Questions and golds from a JSONL file, a JSON array file (PURE's `8k_math_879_answers.json`), or a Hugging
     Face dataset name (split "train"). Returns [dict(question, answer, ref_answer)]: answer None when the row has no
-    usable gold (missing, null, empty or PURE's string "null": those prompts get no verifiable reward, spec (b));
-    ref_answer = answer, else the row's `ref_answer` (PURE's file keeps the other golds there, for logging only)."""
+    usable gold (missing, null, empty or PURE's string "null": those prompts get no verifiable reward, as in
+    PURE@41f9363 openrlhf/datasets/prompts_dataset.py and experience_maker.py:1118-1129); ref_answer = answer, else
+    the row's `ref_answer` (PURE's file keeps the other golds there, for logging only)."""
     path = Path(path_or_name)
-    if path.suffix == ".json" and path.is_file():
+    if path.suffix == ".json":
+        if not path.is_file():
+            raise InputError(path, None, None, "no such file")
         try:
             rows = list(enumerate(json.loads(path.read_text(encoding="utf-8")), 1))
         except json.JSONDecodeError as e:
             raise InputError(path, None, None, f"not valid JSON ({e.msg})") from None
     elif path.suffix == ".jsonl" or path.exists():
         rows = list(read_jsonl(path))
-    else:  # a Hugging Face dataset name (needs the hub; not reachable in our tests)
+    else:  # a Hugging Face dataset name (needs the hub, or its local cache with HF_HUB_OFFLINE=1)
         import datasets
 
-        rows = list(enumerate(datasets.load_dataset(str(path_or_name), split="train"), 1))
+        try:
+            rows = list(enumerate(datasets.load_dataset(str(path_or_name), split="train"), 1))
+        except Exception as e:  # offline, unknown name, ...: one line, not a hub traceback
+            raise InputError(path_or_name, None, None, "not a local file, and the hub dataset failed to load "
+                             f"({type(e).__name__}: {str(e).splitlines()[0]}); without the hub, pass the path of a "
+                             ".jsonl or .json file (data/train/ ships 256 of PURE's prompts)") from None
     prompts = []
     for line, row in rows:
         question = row.get(question_key) if isinstance(row, dict) else None
@@ -84,8 +93,9 @@ def generate(llm, prompts, *, n=4, temperature=0.5, top_p=1.0, max_tokens=2048, 
     """Sample n responses per prompt. prompts: strings (tokenized here without special tokens) or token-id lists.
 
     Over-long prompts keep their LAST `max_prompt_len` tokens (left truncation, so the instruction that ends the
-    template survives). The reference truncates on the right (`truncation=True`, EM:184-201), which would cut the
-    instruction off; no PURE prompt comes near 1024 tokens, so the two agree on the paper's data.
+    template survives). The reference truncates on the right (`truncation=True`, PURE@41f9363
+    experience_maker.py:184-201), which would cut the instruction off; no PURE prompt comes near 1024 tokens, so
+    the two agree on the paper's data.
     Prompt i's samples use seeds seed + i*n + j (vLLM gives child j of a request seed + j), so every sample has
     its own random stream and a run is reproducible from `seed`.
     Returns len(prompts) * n dicts, the n samples of a prompt adjacent: prompt_index, prompt_ids, response_ids
@@ -115,8 +125,10 @@ def sync_weights(llm, state_dict, folder, barrier=None):
     weight storage, sleep pool and CUDA graphs stay valid) and drop cached prefixes (their KV is stale). The host
     holds one copy of the weights meanwhile (GPU tensors are copied once; CPU tensors are written as they are).
 
-    This is the route known to be exact on vLLM's CPU backend (env_notes.md) and it works the same on GPU. The file
-    must hold `lm_head.weight` even when embeddings are tied, or vLLM reloads silently wrong weights.
+    This is the route that is exact on vLLM's CPU backend (there `load_weights` fails on the repacked linear weights
+    and tensors cannot pass through `collective_rpc`; tests/test_rollout.py checks the log-probs after a sync), and
+    it works the same on GPU. The file must hold `lm_head.weight` even when embeddings are tied, or vLLM reloads
+    silently wrong weights.
     Several engines on one machine share one copy: the writer passes the state_dict, the others None, and all pass
     `barrier` (e.g. torch.distributed.barrier), which runs between the write and the reloads."""
     from safetensors.torch import save_file
@@ -155,7 +167,8 @@ def sync_folder(name, nbytes, fallback, shm="/dev/shm", free_bytes=lambda d: shu
 def wake_engine(llm, tags=None):
     """Wake a sleeping GPU engine (all of it, or only `tags`, e.g. ["weights"] for a weight reload). First hand the
     blocks this process's PyTorch cache holds back to the driver: the engine is another process and cannot use
-    them (TRL's vllm_generation.py and nano-aha-moment do the same before every wake)."""
+    them (github.com/huggingface/trl@f2cd57710ae345ea6428ae95363267fcf38a3dc8 trl/generation/vllm_generation.py
+    does the same before every wake_up)."""
     import torch
 
     gc.collect()

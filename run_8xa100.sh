@@ -11,20 +11,29 @@ set -euo pipefail
 # ---- placeholders: edit these. Where each input comes from: ----
 #   BASE_MODEL  Qwen/Qwen2.5-Math-7B from the Hugging Face hub (download it, or give the hub name with HF_HUB_OFFLINE=0)
 #   PRM_DATA    the hub dataset HuggingFaceH4/prm800k-trl-dedup (PURE's), or a local TRL-format .jsonl/.parquet
-#   RL_PROMPTS  PURE's prompt file data/8k_math_879_answers.json in https://github.com/CJReinforce/PURE (8,523 MATH
-#               questions, 879 with a gold answer). The default below is this project's JSONL copy beside the repo
-#               (../shared/data), which exists only where that folder does: elsewhere, download PURE's file and set
-#               RL_PROMPTS=/path/to/8k_math_879_answers.json (ppo.py reads the JSON array as it is).
-#   evaluation  evaluate.py reads ../shared/data/eval/<benchmark>.jsonl when that folder exists, else the public hub
-#               copies named in evaluate.py's BENCHMARKS (math500 = HuggingFaceH4/MATH-500, ...; needs the hub).
+#   RL_PROMPTS  PURE's prompt file data/8k_math_879_answers.json (8,523 MATH questions, 879 with a gold answer;
+#               2.8 MB). Unset: downloaded once from github.com/CJReinforce/PURE at commit PURE_COMMIT into
+#               $OUT/data/. Or a local .json/.jsonl copy (ppo.py reads the JSON array as it is).
+#   EVAL_DATA   unset: the paper's five benchmarks from the hub by the names in evaluate.py's BENCHMARKS (math500 =
+#               HuggingFaceH4/MATH-500, ...; ~2.5 MB); or a folder holding <benchmark>.jsonl files (no hub).
 BASE_MODEL=${BASE_MODEL:-/models/Qwen2.5-Math-7B}           # policy, reference and PRM backbone (HF folder)
 PRM_DATA=${PRM_DATA:-HuggingFaceH4/prm800k-trl-dedup}       # PRM800K in TRL stepwise format (PURE's)
-RL_PROMPTS=${RL_PROMPTS:-../shared/data/train/pure_8k_math_879_answers.jsonl}  # PURE's 8,523 prompts, 879 with gold
 OUT=${OUT:-runs/pure_8xa100}                                # everything goes under here
+RL_PROMPTS=${RL_PROMPTS:-}                                  # empty: PURE's file, fetched into $OUT/data/
+PURE_COMMIT=41f9363b8cc4af044b7fc5f7f9bbbf62139e9553         # of github.com/CJReinforce/PURE
+EVAL_DATA=${EVAL_DATA:-}                                    # empty: the benchmarks from the hub
 NGPU=${NGPU:-8}
 EVAL_STEPS=${EVAL_STEPS:-"100 200 500"}                     # RL checkpoints to evaluate (PURE-PRM was taken at 100)
 
-export HF_HUB_OFFLINE=${HF_HUB_OFFLINE:-0} TOKENIZERS_PARALLELISM=false OMP_NUM_THREADS=${OMP_NUM_THREADS:-8}
+export TOKENIZERS_PARALLELISM=false OMP_NUM_THREADS=${OMP_NUM_THREADS:-8}  # HF_HUB_OFFLINE: as the user set it
+if [ -z "$RL_PROMPTS" ]; then  # PURE's prompts, fetched on first use (a rerun finds them)
+    RL_PROMPTS=$OUT/data/8k_math_879_answers.json
+    url=https://raw.githubusercontent.com/CJReinforce/PURE/$PURE_COMMIT/data/8k_math_879_answers.json
+    [ -f "$RL_PROMPTS" ] || { mkdir -p "$OUT/data" && echo "+ curl $url" && curl -fsSL "$url" -o "$RL_PROMPTS.part" \
+        && mv "$RL_PROMPTS.part" "$RL_PROMPTS"; } || { echo "error: cannot download PURE's prompts from $url" \
+        "(data/8k_math_879_answers.json in https://github.com/CJReinforce/PURE): download it and set RL_PROMPTS" >&2
+        exit 1; }
+fi
 PRM1=$OUT/prm_stage1; PRM2=$OUT/prm_stage2; RL=$OUT/rl; EVAL=$OUT/eval
 BENCH=math500,minerva_math,olympiadbench,aime24,amc23
 
@@ -52,13 +61,16 @@ esac
 [ -f "$PRM2/config.json" ] || run torchrun --standalone --nproc_per_node "$NGPU" prm_train.py \
     --model "$PRM1" --data "$PRM_DATA" --stage 2 --output-dir "$PRM2"
 
-# 3. RL. Defaults of ppo.py = PURE's headline run (pure_reference.md (h)): reward-mode PRMVR, credit min (T 0.1),
+# 3. RL. Defaults of ppo.py = PURE's headline run (examples/scripts/train_pure.sh of github.com/CJReinforce/PURE
+#    @41f9363b8cc4af044b7fc5f7f9bbbf62139e9553, with its CLI's defaults): reward-mode PRMVR, credit min (T 0.1),
 #    token baseline, vr-coef 1, init-kl-coef 0.001, lr 5e-7, train batch 128 / micro 2, temperature 0.5, 2048 new
 #    tokens. Each rank: ZeRO-2 actor + frozen reference + frozen PRM + a sleeping vLLM engine (0.3 of the GPU).
 #    Rerunning resumes from the latest checkpoint-<step>/ (optimizer, step, prompt order). Every checkpoint keeps its
 #    HF weights (~15 GB, evaluated below); only the newest keeps the DeepSpeed state (~105 GB; --keep-all-ds-states).
-run torchrun --standalone --nproc_per_node "$NGPU" ppo.py --model "$BASE_MODEL" --prm "$PRM2" \
-    --prompts "$RL_PROMPTS" --output-dir "$RL" --max-steps 500 --save-steps 20
+#    Finished = checkpoint-500/ exists (ppo.py renames it into place complete): a rerun then goes on to stage 4
+#    instead of starting 8 engines and loading the models and the DeepSpeed state for zero steps.
+[ -f "$RL/checkpoint-500/trainer_state.json" ] || run torchrun --standalone --nproc_per_node "$NGPU" ppo.py \
+    --model "$BASE_MODEL" --prm "$PRM2" --prompts "$RL_PROMPTS" --output-dir "$RL" --max-steps 500 --save-steps 20
 
 # 4. Evaluation: greedy, PURE's template, 3000 new tokens (evaluate.py defaults), one GPU each in the background.
 #    A bare `wait` returns 0 whatever the jobs returned: wait for each one and fail if any failed.
@@ -67,7 +79,7 @@ for model in "$BASE_MODEL" $(for s in $EVAL_STEPS; do echo "$RL/checkpoint-$s"; 
     name=$(basename "$model")
     [ -f "$EVAL/$name/results.json" ] && continue
     CUDA_VISIBLE_DEVICES=$((i % NGPU)) run python evaluate.py --model "$model" --benchmarks "$BENCH" \
-        --output-dir "$EVAL/$name" &
+        ${EVAL_DATA:+--data-dir "$EVAL_DATA"} --output-dir "$EVAL/$name" &
     pids+=($!); names+=("$name")
     i=$((i + 1))
 done

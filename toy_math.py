@@ -1,7 +1,7 @@
 """A stepwise-math world small enough to show PURE's claim on a laptop CPU in minutes: PURE's CartPole.
 
-    python toy_math.py world --out runs/cpu/world        # problems, a tokenizer, a base policy, PRM data
-    python toy_math.py report --out runs/cpu             # after the PRM and RL runs (run_cpu.sh does all of it)
+    python toy_math.py world --out runs/cpu/world-1 --seed 1   # problems, a tokenizer, a base policy, PRM data
+    python toy_report.py --out runs/cpu                        # after the PRM and RL runs (run_cpu.sh does all of it)
 
 The paper's claim is a mechanism: with sum-form credit a policy can raise its return by writing more steps that the
 PRM likes, whether or not they make progress, until training collapses; with min-form credit the return is bounded
@@ -36,8 +36,30 @@ the true value; the answer: boxes the true answer after the last operation), so 
 step after an earlier error is wrong too. Tokens: a byte-level BPE trained on the world's text, digits one token
 each, Qwen2's split pattern ("\\n\\n" one token; the GPT-2-style split, "\\n\\n" as two tokens, is run_cpu.sh's
 SmolLM2 part).
+
+The PRM's error taxonomy (corrupted_solution, ERRORS), written down before any RL run of issue 18: every deviation
+of one step that label_steps can detect, by the step's form.
+- An operation step, while operations remain, is good iff its left value, operator, operand and result are all
+  right: "value" (starts from a wrong value: 24 + 5 = 29 for 23 + 5), "operator" (23 - 5 = 18), "operand" (any other
+  digit: 23 + 6 = 29), "off" (result off by 1 or 2), "ten" (tens digit moved where no carry is, or kept where one
+  is: the student's slip and its mirror), "skip" (the next operation done in place of this one, or the answer
+  given if it was the last), "repeat" (the step before written again).
+- An operation step after the last operation is always bad: "extra" (an operation after the last one, its
+  arithmetic right, then its result boxed: "15 - 5 = 10", then \\boxed{10}).
+- A check is good iff both sides are the true value: "check" (a check of a wrong value).
+- The answer is good iff it comes after the last operation and boxes the true value: "early" (boxed before the
+  last operation), "answer" (a wrong value boxed after right steps).
+- Any other text is bad: "malformed" (an operation with its result left out: "23 + 5 =").
+Each kind is bad at exactly the step it corrupts (tests/test_toy_math.py); prm_example cuts it there.
+
+Choices made after seeing RL results (weigh them accordingly): running values in [0, 49], then [0, 19] (facts a tiny
+model learns), then [10, 29] (two digits always, so a wrong step has a right one's shape); RL temperature 1, then
+PURE's 0.5; the wider one-error solutions (operand any digit, the "ten" kind) after seeing RL drift into errors the
+PRM had not seen; the taxonomy above (new: "value", "repeat", "extra", "answer", "malformed"; "off" no longer
+by ten, which is "ten") after a run on another machine showed the policy adding an operation after the last one
+(issue 18). val.jsonl (validation in the RL loop) came with issue 18 too; it is drawn with its own seed, so the
+other splits and the base policy of a given seed stay the same.
 """
-import json
 import math
 import random
 import re
@@ -46,7 +68,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from common import InputError, atomic_write, log_libraries_to, plot_metrics, read_jsonl, write_jsonl
+from common import InputError, log_libraries_to, plot_metrics, write_jsonl
 from rewards import STEP_RUN
 from rollout import format_prompt
 
@@ -111,38 +133,59 @@ def student_solution(problem, rng, p_slip=P_SLIP, p_check=P_CHECK):
     return steps + [f"The answer is \\boxed{{{v}}}."]
 
 
-ERRORS = ("off", "ten", "operand", "operator", "skip", "early", "check")
+ERRORS = ("value", "operator", "operand", "off", "ten", "skip", "repeat", "extra", "check", "early", "answer",
+          "malformed")  # the taxonomy of the module docstring
+NEAR = (-10, -2, -1, 1, 2, 10)  # how far a wrong value is from the right one
 
 
-def corrupted_solution(problem, rng, kind=None):
-    """A solution with one error of a kind a policy under RL can drift into, at a random operation: a result off by
-    1, 2 or 10 ("off"), a tens digit moved where no carry is or kept where one is ("ten": the student's slip and
-    its mirror), a wrong operand (any other digit) or operator, an operation skipped, the answer given early, a
-    check of a wrong value. The steps before it are right (with the student's checks); what follows is
-    what a solver would write from there (prm_example cuts it after the first bad step anyway)."""
-    kind, v, steps = kind or rng.choice(ERRORS), problem[0], []
-    k = rng.randrange(len(problem[1]))
-    for i, (s, b) in enumerate(problem[1]):
-        r = apply(v, s, b)
-        if i == k:
-            if kind == "skip":
-                continue
-            if kind == "early":
+def wrong_step(v, s, b, kind, rng):
+    """Operation `v s b` with one error of a step-local kind -> (text, the value it states; None if it states
+    none). The text's own arithmetic is right except for "off" and "ten"."""
+    if kind == "value":
+        v = v + rng.choice([-10, -1, 1, 10])
+    elif kind == "operator":
+        s = "-" if s == "+" else "+"
+    elif kind == "operand":
+        b = rng.choice([x for x in range(1, 10) if x != b])
+    r = apply(v, s, b)
+    if kind == "off":
+        r += rng.choice([-2, -1, 1, 2])
+    elif kind == "ten":  # a carry where none is, or the carry forgotten where one is
+        r += -10 if crosses(v, s, b) == (s == "+") else 10
+    elif kind == "malformed":
+        return f"{v} {s} {b} =", None
+    return f"{v} {s} {b} = {r}", r
+
+
+def corrupted_solution(problem, rng, kind=None, at=None, p_check=P_CHECK):
+    """A solution with one error of the taxonomy's `kind` (module docstring; default: a random kind) at operation
+    `at` (default: a random one where the error shows at once: a skip not followed by the same operation). The
+    steps before it are right, with the student's checks (p_check); what follows is what a solver would write from
+    there (prm_example cuts it after the first bad step anyway). "extra" and "answer" come after the last
+    operation, whatever `at`."""
+    start, ops = problem
+    kind, n = kind or rng.choice(ERRORS), len(ops)
+    if at is None:
+        at = rng.choice([k for k in range(n) if kind != "skip" or k == n - 1 or ops[k] != ops[k + 1]])
+    v, steps = start, []
+    for i, (s, b) in enumerate(ops):
+        if i == at and kind in ("skip", "early"):
+            if kind == "early" or i == n - 1:
                 break
-            if kind == "check":
-                steps.append(f"Check: {v + 1} = {v + 1}")
-            elif kind == "operand":
-                b = rng.choice([x for x in range(1, 10) if x != b])
-            elif kind == "operator":
-                s = "-" if s == "+" else "+"
-            r = apply(v, s, b) + (rng.choice([-10, -2, -1, 1, 2, 10]) if kind == "off" else 0)
-            if kind == "ten":  # the tens digit moved where none should: what a policy learning to carry overdoes
-                r = r + 10 if r // 10 == v // 10 else r - 10 if s == "+" else r + 10
-        steps.append(f"{v} {s} {b} = {r}")
-        v = r
-        while rng.random() < P_CHECK:
+            continue
+        if i == at and kind == "check":
+            w = v + rng.choice(NEAR)
+            steps.append(f"Check: {w} = {w}")
+        text, r = wrong_step(v, s, b, kind, rng) if i == at else (f"{v} {s} {b} = {apply(v, s, b)}", None)
+        steps += [text, text] if i == at and kind == "repeat" else [text]
+        v = apply(v, s, b) if r is None else r
+        while rng.random() < p_check:
             steps.append(f"Check: {v} = {v}")
-    return steps + [f"The answer is \\boxed{{{v}}}."]
+    if kind == "extra":
+        s, b = rng.choice("+-"), rng.randint(1, 9)
+        steps.append(f"{v} {s} {b} = {apply(v, s, b)}")
+        v = apply(v, s, b)
+    return steps + [f"The answer is \\boxed{{{v + rng.choice(NEAR) if kind == 'answer' else v}}}."]
 
 
 def label_steps(problem, steps):
@@ -166,6 +209,25 @@ def label_steps(problem, steps):
             good = False
         labels.append(good)
     return labels
+
+
+QUESTION = re.compile(r"^Compute (\d+)((?: [+-] \d+)+)\.$")
+
+
+def parse_question(text):
+    """The problem (start, [(sign, b), ...]) of a question written by question(); anything else is an InputError."""
+    m = QUESTION.match(text.strip())
+    if not m:
+        raise InputError("question", None, None, f"{text[:80]!r} is not a toy_math question (\"Compute 23 + 5 - 9.\")")
+    return int(m[1]), [(s, int(b)) for s, b in re.findall(r" ([+-]) (\d+)", m[2])]
+
+
+def oracle_step_scores(questions, steps):
+    """The program's step labels as process rewards (ppo.py --step-scorer toy_math:oracle_step_scores): questions
+    [B] raw questions, steps [B][K_b] each response's step texts -> [B][K_b] scores, +0.9 for a step label_steps
+    calls good, -0.9 for a bad one (an empty step too: it is no step of a solution)."""
+    return [[0.9 if good else -0.9 for good in label_steps(parse_question(q), st)]
+            for q, st in zip(questions, steps, strict=True)]
 
 
 def split_text_steps(response):
@@ -257,7 +319,8 @@ def train_policy(tok, args, rng):
 class World:
     """Make the world under --out: base/ (tokenizer + base policy), rl_prompts.jsonl (every prompt with its gold),
     rl_prompts_vr.jsonl (the same prompts, gold kept on --vr-fraction of them as in PURE's 8k file, "null" plus a
-    logging-only ref_answer on the rest), test.jsonl (held-out benchmark), prm_train.jsonl and prm_heldout.jsonl
+    logging-only ref_answer on the rest), test.jsonl (held-out benchmark), val.jsonl (validation problems, for the
+    choice of a run's step), prm_train.jsonl and prm_heldout.jsonl
     (the base policy's own samples labelled by the program, TRL stepwise format). A rerun skips what exists."""
 
     out: Path = Path("runs/cpu/world")
@@ -279,6 +342,8 @@ class World:
     become PRM training data"""
     prm_heldout_problems: int = 200
     """held-out problems whose base-policy samples (x4) measure the PRM"""
+    val_problems: int = 200
+    """validation problems (val.jsonl: ppo.py --eval-prompts, the step an arm is taken at), apart from test.jsonl"""
     vr_fraction: float = 0.1
     """share of rl_prompts_vr.jsonl rows that keep their gold (PURE: 879 of 8523)"""
 
@@ -318,11 +383,13 @@ def make_world(args):
     taken = set()
     rl, test = distinct_problems(rng, args.rl_prompts, taken), distinct_problems(rng, args.test_problems, taken)
     prm, heldout = (distinct_problems(rng, n, taken) for n in (args.prm_problems, args.prm_heldout_problems))
+    val = distinct_problems(random.Random(args.seed + 3), args.val_problems, taken)  # own rng: `rng` goes on to base/
     vr = set(random.Random(args.seed + 1).sample(range(len(rl)), round(args.vr_fraction * len(rl))))
     write_jsonl(out / "rl_prompts.jsonl", [{"question": question(p), "answer": str(answer(p))} for p in rl])
     write_jsonl(out / "rl_prompts_vr.jsonl", [{"question": question(p), "answer": str(answer(p)) if i in vr else "null",
                                                "ref_answer": str(answer(p))} for i, p in enumerate(rl)])
-    write_jsonl(out / "test.jsonl", [{"question": question(p), "answer": str(answer(p))} for p in test])
+    for name, problems in (("test", test), ("val", val)):
+        write_jsonl(out / f"{name}.jsonl", [{"question": question(p), "answer": str(answer(p))} for p in problems])
     base = out / "base"
     if not (base / "config.json").is_file():
         t0 = time.time()
@@ -349,152 +416,14 @@ def make_world(args):
         write_jsonl(out / "prm_train.jsonl", train_rows)
         write_jsonl(out / "prm_heldout.jsonl", heldout_rows)
     print(f"world -> {out}: {len(rl)} RL prompts ({len(vr)} with gold in rl_prompts_vr.jsonl), {len(test)} test "
-          f"problems, PRM data from the base policy's samples")
-
-
-# ---------------------------------------------------------------------------------------------------- the report
-RUNS = {"min": "PURE-PRM, min-form", "sum": "PURE-PRM, sum-form", "min_vr": "PURE-PRM+VR, min-form",
-        "prime": "PRIME (implicit PRM)"}
-CURVES = [("reward/process", "process reward"), ("solved", "solved (sampled)"), ("steps_per_response", "steps"),
-          ("response_length", "response tokens"), ("kl", "KL")]
-
-
-@dataclass
-class Report:
-    """Collect the world's runs under --out (world/, world/prm2/eval.json, world/rl/<run>-seed<k>/,
-    world/eval/<name>/) into report.md, curves.png and summary.json there."""
-
-    out: Path = Path("runs/cpu")
-    """the run_cpu.sh output folder"""
-    started_at: float | None = None
-    """epoch seconds when the world part started (summary.json "seconds" = now - this)"""
-
-
-def eval_stats(eval_dir):
-    """Greedy test accuracy (fraction), steps per response and response tokens of one evaluate.py output folder."""
-    rows = [r for _, r in read_jsonl(Path(eval_dir) / "test.jsonl")]
-    n = len(rows)
-    return {"accuracy": sum(r["correct"] for r in rows) / n,
-            "steps_per_response": sum(len(split_text_steps(r["response"])) for r in rows) / n,
-            "response_length": sum(r["tokens"] for r in rows) / n}
-
-
-def mean_over(stats, key):
-    xs = [s[key] for s in stats]
-    return sum(xs) / len(xs)
-
-
-def read_metrics(run_dir):
-    return [r for _, r in read_jsonl(Path(run_dir) / "metrics.jsonl")]
-
-
-def plot_curves(runs, png):
-    """One panel per metric over RL steps, a line per run kind (mean over seeds), each seed faint."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(CURVES), figsize=(4 * len(CURVES), 3.2))
-    for (key, title), ax in zip(CURVES, axes):
-        for c, (kind, seeds) in enumerate(runs.items()):
-            rows = [read_metrics(d) for d in seeds]
-            steps = [r["step"] for r in rows[0]]
-            for r in rows:
-                ax.plot(steps, [x.get(key) for x in r][:len(steps)], color=f"C{c}", alpha=0.25, lw=0.8)
-            mean = [sum(r[i].get(key) or 0 for r in rows) / len(rows) for i in range(min(map(len, rows)))]
-            ax.plot(steps[:len(mean)], mean, color=f"C{c}", label=RUNS[kind], lw=1.8)
-        ax.set_title(title, fontsize=9)
-        ax.set_xlabel("RL step")
-        ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(png, dpi=100)
-    plt.close(fig)
-
-
-def samples(run_dir, step, k=3):
-    return [r for _, r in read_jsonl(Path(run_dir) / "rollouts" / f"step-{step}.jsonl")][:k]
-
-
-def what_it_shows(s):
-    """The report's paragraph, written from the numbers (whatever they show)."""
-    base, runs, prm = s["base"], s["runs"], s["prm"]
-    out = [f"The PRM sees the base policy's errors: held-out step AUC {prm['auc']:.3f}, log loss {prm['log_loss']:.3f} "
-           f"against {prm['log_loss_constant']:.3f} for the best constant."]
-    if "min" in runs:
-        d = runs["min"]["accuracy"] - base["accuracy"]
-        out.append(f"Min-form credit {'raised' if d > 0 else 'did not raise'} greedy test accuracy: "
-                   f"{base['accuracy']:.1%}"
-                   f" -> {runs['min']['accuracy']:.1%} ({d:+.1%}), with {runs['min']['steps_per_response']:.1f} steps "
-                   f"per response against the base's {base['steps_per_response']:.1f}.")
-    if "sum" in runs:
-        r = runs["sum"]["steps_per_response"] / base["steps_per_response"]
-        hacked = r >= 1.5 or ("min" in runs and runs["sum"]["accuracy"] <= runs["min"]["accuracy"] - 0.10)
-        out.append(f"Sum-form credit, same seeds and budget: {runs['sum']['steps_per_response']:.1f} steps per "
-                   "response "
-                   f"({r:.2f}x the base), accuracy {runs['sum']['accuracy']:.1%}. "
-                   + ("The sum rewards every extra step the PRM likes, and the policy found the one that is free: it "
-                      "pads its solutions with checks, the reward hacking min-form removes." if hacked else
-                      "Here it was not hacked within this budget: the token baseline charges every extra token the "
-                      "average reward per token of the other samples, which can cancel what an extra check earns."))
-    for kind in ("min_vr", "prime"):
-        if kind in runs:
-            out.append(f"{RUNS[kind]}: accuracy {runs[kind]['accuracy']:.1%}, {runs[kind]['steps_per_response']:.1f} "
-                       "steps per response.")
-    return " ".join(out)
-
-
-def write_report(args):
-    out = Path(args.out)
-    world = out / "world"
-    runs = {}
-    for d in sorted((world / "rl").glob("*-seed*")):
-        if (d / "metrics.jsonl").is_file():
-            runs.setdefault(d.name.rsplit("-seed", 1)[0], []).append(d)
-    runs = {k: runs[k] for k in RUNS if k in runs}
-    if not runs:
-        raise InputError(world / "rl", None, None, "no finished RL runs (<kind>-seed<k>/metrics.jsonl)")
-    base = eval_stats(world / "eval" / "base")
-    per_seed = {kind: [eval_stats(world / "eval" / d.name) for d in dirs] for kind, dirs in runs.items()}
-    prm = json.loads((world / "prm2" / "eval.json").read_text())["steps"]
-    summary = {"base": base, "prm": {k: prm[k] for k in ("auc", "log_loss", "log_loss_constant")},
-               "runs": {kind: {**{k: mean_over(st, k) for k in base}, "seeds": st} for kind, st in per_seed.items()},
-               "seconds": round(time.time() - args.started_at) if args.started_at else None}
-    plot_curves(runs, out / "curves.png")
-    lines = ["# PURE's claim on a laptop: min-form vs sum-form credit in a stepwise-math world", "",
-             "Made by `bash run_cpu.sh` (toy_math.py's world, prm_train.py, ppo.py, evaluate.py; see toy_math.py's "
-             "docstring for the design). Accuracy: greedy, on the world's held-out test problems.", "",
-             "![curves](curves.png)", "", "| policy | test accuracy (mean; per seed) | steps / response | tokens |",
-             "|---|---|---:|---:|",
-             f"| base | {base['accuracy']:.1%} | {base['steps_per_response']:.2f} | {base['response_length']:.1f} |"]
-    for kind, st in per_seed.items():
-        r = summary["runs"][kind]
-        each = ", ".join(f"{x['accuracy']:.1%}" for x in st)
-        lines.append(f"| {RUNS[kind]} | {r['accuracy']:.1%} ({each}) | "
-                     f"{r['steps_per_response']:.2f} | {r['response_length']:.1f} |")
-    lines += ["", f"PRM (prm_train.py, both stages) on held-out samples of the base policy, labelled by the program: "
-                  f"step AUC {prm['auc']:.3f}, log loss {prm['log_loss']:.3f} "
-                  f"(best constant {prm['log_loss_constant']:.3f}),"
-                  f" {prm['n_steps']} steps.", "", "## What it shows", "", what_it_shows(summary), "",
-              "## Sample responses (seed 1, first 3 of the step's rollouts)", ""]
-    for kind, dirs in runs.items():
-        last = read_metrics(dirs[0])[-1]["step"]
-        for step in (1, last):
-            lines.append(f"**{RUNS[kind]}, step {step}**")
-            lines += ["", *[f"```\n{x['response']}\n```" for x in samples(dirs[0], step)], ""]
-    if summary["seconds"] is not None:
-        lines.append(f"World part: {summary['seconds'] / 60:.1f} minutes on this machine.")
-    atomic_write(out / "report.md", "\n".join(lines) + "\n")
-    atomic_write(out / "summary.json", json.dumps(summary, indent=1) + "\n")
-    print(f"report -> {out / 'report.md'}, {out / 'curves.png'}, {out / 'summary.json'}")
+          f"and {len(val)} validation problems, PRM data from the base policy's samples")
 
 
 if __name__ == "__main__":
     import tyro
 
-    cmd = tyro.extras.subcommand_cli_from_dict({"world": World, "report": Report})
+    cmd = tyro.extras.subcommand_cli_from_dict({"world": World})
     try:
-        make_world(cmd) if isinstance(cmd, World) else write_report(cmd)
+        make_world(cmd)
     except InputError as e:
         sys.exit(f"error: {e}")

@@ -23,7 +23,7 @@ for k, v in {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "VLLM_CPU_KVCACH
              "TOKENIZERS_PARALLELISM": "false",
              "TORCH_EXTENSIONS_DIR": str(Path.home() / ".cache" / "torch_extensions")}.items():
     os.environ.setdefault(k, v)
-PROMPTS = ROOT.parent / "shared" / "data" / "train" / "pure_8k_math_879_answers.jsonl"
+PROMPTS = ROOT / "data" / "train" / "pure_prompts_256.jsonl"  # PURE's prompts, the slice the repo ships
 
 
 @dataclass
@@ -74,9 +74,10 @@ def bench_update(model_dir, samples, micro=2, repeats=1):
     import torch
     from transformers import AutoModelForCausalLM
 
-    from ppo import ppo_loss, response_logprobs, setup_distributed
+    from ppo import ppo_loss, response_logprobs
+    from runtime import init_ranks
 
-    setup_distributed()
+    init_ranks()
     B = len(samples)
     model = AutoModelForCausalLM.from_pretrained(model_dir)
     engine, *_ = deepspeed.initialize(model=model, config={

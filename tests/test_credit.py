@@ -18,7 +18,10 @@ F64 = torch.float64
 FLAG_SETS = [dict(credit=c, baseline=b, reward_mode=m) for c in ("min", "mean", "sum", "strict-min")
              for b in ("token", "step") for m in ("PRMVR", "PRM", "VR")]
 
-# Reference spec section 13: (step_token_counts, p, solved) -> token returns (headline config, KL = 0).
+# One group of 4 worked by hand from the reference's formulas (credit.py's module docstring; PURE@41f9363
+# experience_maker.py and openrlhf/utils/utils.py turn_process_reward_logits_to_reward, github.com/CJReinforce/PURE
+# at 41f9363b8cc4af044b7fc5f7f9bbbf62139e9553), headline config, KL = 0:
+# (step_token_counts, p, solved) -> token returns.
 WORKED = [([3, 4, 2], [0.9, -0.5, 0.7], 1, [0.37806, 0.37806, 0, 0.3076, 0.3076, 0.3076, 0, 0.70190, 0]),
           ([5], [0.2], 0, [-0.21925] * 4 + [0]),
           ([2, 2, 2, 2], [0.8, 0.9, 0.95, 0.1], 1, [1.03441, 0, 0.96701, 0, 0.90005, 0, 0.83319, 0]),
@@ -29,7 +32,7 @@ def row(counts, p, vr=1, lr=None, **extra):
     return dict(step_token_counts=counts, process_rewards=p, verifiable_reward=vr, token_logratio=lr, **extra)
 
 
-def loop_credit(rows, n, credit="min", temperature=0.1, baseline="token", reward_mode="PRMVR", vr_coef=1.0,
+def loop_credit(rows, n, credit="min", credit_temperature=0.1, baseline="token", reward_mode="PRMVR", vr_coef=1.0,
                 kl_coef=0.001, mask_separators=True, normalize=True):
     """The same computation written per response from the definitions (groups = n consecutive rows).
     Returns (token returns, token advantages), lists of lists."""
@@ -42,7 +45,7 @@ def loop_credit(rows, n, credit="min", temperature=0.1, baseline="token", reward
             step_ret.append([min(p[j:]) for j in range(K)])
         else:
             if credit == "min":  # w = softmax(-p / T), shifted by min(p) for stability
-                z = [math.exp(-(x - min(p)) / temperature) for x in p]
+                z = [math.exp(-(x - min(p)) / credit_temperature) for x in p]
                 w = [zk / sum(z) for zk in z]
             else:
                 w = [1 / K] * K if credit == "mean" else [1.0] * K
@@ -136,7 +139,7 @@ def test_vectorised_equals_loop_on_random_buffers(flags):
     for seed in range(4):
         rows, n = random_rows(seed)
         rng = random.Random(100 + seed)
-        extra = dict(temperature=rng.choice([0.1, 0.37]), kl_coef=rng.choice([0.0, 0.001, 0.05]),
+        extra = dict(credit_temperature=rng.choice([0.1, 0.37]), kl_coef=rng.choice([0.0, 0.001, 0.05]),
                      vr_coef=rng.choice([1.0, 0.5]))
         tensors = as_tensors(rows, pad=seed)
         for mask_separators in (True, False):
@@ -324,8 +327,9 @@ def test_cli_round_trip(tmp_path):
      dict(credit="strict-min", baseline="step", reward_mode="VR", mask_separators=False, normalize=False,
           vr_coef=0.5, kl_coef=0.01)),
     (["--credit", "sum", "--reward-mode", "PRM", "--credit-temperature", "0.3"],
-     dict(credit="sum", reward_mode="PRM", temperature=0.3)),
-    (["--credit", "min", "--credit-temperature", "0.3", "--baseline", "step"], dict(temperature=0.3, baseline="step")),
+     dict(credit="sum", reward_mode="PRM", credit_temperature=0.3)),
+    (["--credit", "min", "--credit-temperature", "0.3", "--baseline", "step"],
+     dict(credit_temperature=0.3, baseline="step")),
 ])
 def test_cli_flags(tmp_path, argv, kw):
     rows, n = random_rows(11)

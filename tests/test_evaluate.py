@@ -1,6 +1,7 @@
-"""evaluate.py: benchmark loaders on the real files (counts and golds checked by hand), accuracy/avg from hand-made
-verdict files (the paper's own rows), the compare table, bad input, one end-to-end run through vLLM, and main with a
-scripted engine whose responses' verdicts are known (greedy, avg@k, resume, the user's own JSONL set)."""
+"""evaluate.py: benchmark loaders on the real files (data/eval's first 20 problems, and the whole files where
+conftest's shared_data has them; counts and golds checked by hand), accuracy/avg from hand-made verdict files (the
+paper's own rows), the compare table, bad input, one end-to-end run through vLLM, and main with a scripted engine
+whose responses' verdicts are known (greedy, avg@k, resume, the user's own JSONL set)."""
 import json
 import subprocess
 import sys
@@ -13,8 +14,9 @@ from common import InputError
 
 ROOT = Path(__file__).resolve().parents[1]
 FIVE = ["math500", "minerva_math", "olympiadbench", "aime24", "amc23"]
+EVAL_DATA = ROOT / "data" / "eval"  # the shipped first 20 problems of each benchmark
 
-# name -> (rows, {row index: gold read by eye from the file})
+# name -> (rows in the whole file, {row index: gold read by eye from the file}); data/eval ships the first 20 rows
 EXPECTED = {
     "math500": (500, {0: r"\left( 3, \frac{\pi}{2} \right)", 1: "p - q", 2: r"\frac{14}{3}", 3: "9"}),
     "minerva_math": (272, {0: "1.6", 1: "4.5e33", 2: "41.8", 5: "np.arcsin(10/13)"}),
@@ -28,16 +30,19 @@ EXPECTED = {
 
 
 @pytest.mark.parametrize("name", list(E.BENCHMARKS))
-def test_loader_counts_and_golds(name, shared_data):
-    rows = E.load_benchmark(name, shared_data / "eval")
-    n, golds = EXPECTED[name]
-    assert len(rows) == n
+def test_loader_counts_and_golds(name):
+    rows = E.load_benchmark(name, EVAL_DATA)
+    _, golds = EXPECTED[name]
+    assert len(rows) == 20
     assert {i: rows[i]["gold"] for i in golds} == golds
     assert all(r["question"].strip() for r in rows)
-    assert len(E.load_benchmark(name, shared_data / "eval", limit=3)) == 3
+    assert len(E.load_benchmark(name, EVAL_DATA, limit=3)) == 3
 
 
-def test_math500_gold_is_answer_field_and_gsm8k_keeps_separators(shared_data):
+def test_whole_files_math500_gold_is_answer_field_and_gsm8k_keeps_separators(shared_data):
+    for name, (n, golds) in EXPECTED.items():
+        rows = E.load_benchmark(name, shared_data / "eval")
+        assert len(rows) == n and {i: rows[i]["gold"] for i in golds} == golds
     raw = [json.loads(line) for line in open(shared_data / "eval" / "math500.jsonl")]
     golds = [r["gold"] for r in E.load_benchmark("math500", shared_data / "eval")]
     assert golds == [r["answer"] for r in raw]  # all 500
@@ -181,13 +186,14 @@ def test_end_to_end_tiny_model(tiny_model_dir, tmp_path):
 
     out = tmp_path / "eval"
     cmd = [sys.executable, "evaluate.py", "--model", str(tiny_model_dir), "--benchmarks", "math500,aime24",
-           "--limit", "2", "--max-tokens", "16", "--output-dir", str(out), "--workers", "2"]
+           "--data-dir", str(EVAL_DATA), "--limit", "2", "--max-tokens", "16", "--output-dir", str(out),
+           "--workers", "2"]
     r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     saved = json.loads((out / "results.json").read_text())
     for name in ("math500", "aime24"):
         rows = [json.loads(line) for line in open(out / f"{name}.jsonl")]
-        golds = [row["gold"] for row in E.load_benchmark(name, limit=2)]
+        golds = [row["gold"] for row in E.load_benchmark(name, EVAL_DATA, limit=2)]
         assert [row["gold"] for row in rows] == golds and [row["index"] for row in rows] == [0, 1]
         assert all(1 <= row["tokens"] <= 16 and isinstance(row["correct"], bool) for row in rows)
         assert [row["correct"] for row in rows] == [rewards.is_correct(row["response"], g)
@@ -200,11 +206,13 @@ def test_end_to_end_tiny_model(tiny_model_dir, tmp_path):
             "| – | – | – | – |") in md
     assert "greedy" in md and "max new tokens: 16" in md and "vllm 0.32.0" in md and "--limit 2" in md
     before = {p.name: p.stat().st_mtime_ns for p in out.glob("*.jsonl")}
-    args = E.Args(model=str(tiny_model_dir), benchmarks="aime24", limit=2, max_tokens=16, output_dir=out, workers=2)
+    args = E.Args(model=str(tiny_model_dir), benchmarks="aime24", data_dir=EVAL_DATA, limit=2, max_tokens=16,
+                  output_dir=out, workers=2)
     assert E.main(args) == {k: v for k, v in saved.items() if k != "settings"}  # nothing regenerated
     assert {p.name: p.stat().st_mtime_ns for p in out.glob("*.jsonl")} == before
     with pytest.raises(InputError, match="settings: differ from this run \\(max_tokens\\)"):
-        E.main(E.Args(model=str(tiny_model_dir), benchmarks="aime24", limit=2, max_tokens=8, output_dir=out))
+        E.main(E.Args(model=str(tiny_model_dir), benchmarks="aime24", data_dir=EVAL_DATA, limit=2, max_tokens=8,
+                      output_dir=out))
 
 
 # ---------------------------------------------------------------------------------------------- scripted engine
@@ -249,8 +257,8 @@ def scripted_run(monkeypatch, llm, tmp_path, **kw):
     monkeypatch.setattr(rollout, "start_engine", lambda model, **a: started.update(a, model=model) or llm)
     (tmp_path / "model").mkdir(exist_ok=True)
     (tmp_path / "model" / "config.json").write_text("{}")  # check_model needs a model folder; no engine reads it
-    args = E.Args(**{"model": str(tmp_path / "model"), "limit": 2, "max_tokens": 64, "output_dir": tmp_path / "out",
-                     "workers": 2, **kw})
+    args = E.Args(**{"model": str(tmp_path / "model"), "data_dir": EVAL_DATA, "limit": 2, "max_tokens": 64,
+                     "output_dir": tmp_path / "out", "workers": 2, **kw})
     return E.main(args), started
 
 
@@ -261,11 +269,11 @@ def rows_of(path):
 BOX = "So the answer is $\\boxed{{{}}}$.".format
 
 
-def test_scripted_engine_right_answers_and_resume(tmp_path, tiny_tokenizer, shared_data, monkeypatch):
+def test_scripted_engine_right_answers_and_resume(tmp_path, tiny_tokenizer, monkeypatch):
     """Responses whose verdicts are known (golds read by eye, EXPECTED): math500 both right, one only after its
     <|im_end|> cut (a wrong \\boxed{7} follows it); aime24 one right, one wrong. The first run dies on aime24 after
     finishing math500; the rerun generates aime24 only and keeps math500's file as it was."""
-    (m0, m1), (a0, a1) = (E.load_benchmark(b, shared_data / "eval", limit=2) for b in ("math500", "aime24"))
+    (m0, m1), (a0, a1) = (E.load_benchmark(b, EVAL_DATA, limit=2) for b in ("math500", "aime24"))
     script = {m0["question"]: [BOX(r"\left( 3, \frac{\pi}{2} \right)")],
               m1["question"]: [BOX("p - q") + "<|im_end|>Or rather $\\boxed{7}$"],
               a0["question"]: [BOX("204")], a1["question"]: [BOX("112")]}  # gold 113
@@ -293,10 +301,10 @@ def test_scripted_engine_right_answers_and_resume(tmp_path, tiny_tokenizer, shar
     assert started == {"model": str(tmp_path / "model"), "seed": 42, "max_model_len": None, "dtype": "auto"}
 
 
-def test_scripted_engine_avg_at_k(tmp_path, tiny_tokenizer, shared_data, monkeypatch):
+def test_scripted_engine_avg_at_k(tmp_path, tiny_tokenizer, monkeypatch):
     """--n-samples 4 --temperature 0.7: samples 1-3 of problem 0 right, sample 2 of problem 1 right: avg@4 =
     4/8 = 50.0 (sample 0 alone: 0.0); every sample graded against its own problem's gold."""
-    m0, m1 = E.load_benchmark("math500", shared_data / "eval", limit=2)
+    m0, m1 = E.load_benchmark("math500", EVAL_DATA, limit=2)
     right0, right1 = BOX(r"\left( 3, \frac{\pi}{2} \right)"), BOX("p - q")
     script = {m0["question"]: [BOX("3"), right0, right0, right0], m1["question"]: [BOX("q"), right0, right1, BOX("0")]}
     llm = ScriptedLLM(tiny_tokenizer, script)

@@ -12,7 +12,9 @@ import pytest
 import torch
 
 import ppo
-from ppo import ppo_loss, prompt_indices, repetition, sudden_jump
+from credit import step_sums
+from ppo import ppo_loss, prompt_indices
+from runtime import repetition, sudden_jump
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "VLLM_CPU_KVCACHE_SPACE": "1",
@@ -64,7 +66,7 @@ def test_step_sums_equal_a_loop():
     step_end = torch.zeros(3, 7, dtype=torch.bool)
     for i, e in enumerate(ends):
         step_end[i, e] = True
-    got = ppo.step_sums(r, step_end)
+    got = step_sums(r, step_end)
     for i, e in enumerate(ends):
         starts = [0] + [t + 1 for t in e[:-1]]
         want = [r[i, a:b + 1].sum().item() for a, b in zip(starts, e)]
@@ -87,7 +89,7 @@ def test_repetition_and_sudden_jump():
     assert sudden_jump(history[:5], {"kl": 1.0}, ["kl"], zscore=6) is None  # too little history
 
 
-def test_bad_prm_tokenizer_is_one_line(tmp_path, tiny_model_dir, tiny_prm_dir, shared_data):
+def test_bad_prm_tokenizer_is_one_line(tmp_path, tiny_model_dir, tiny_prm_dir, repo_data):
     from transformers import AutoTokenizer
 
     prm = tmp_path / "prm"
@@ -100,7 +102,7 @@ def test_bad_prm_tokenizer_is_one_line(tmp_path, tiny_model_dir, tiny_prm_dir, s
     tok.add_tokens(["<extra_step_token>"])
     tok.save_pretrained(prm)
     r = subprocess.run([sys.executable, "ppo.py", "--model", str(tiny_model_dir), "--prm", str(prm), "--prompts",
-                        str(shared_data / "train" / "pure_8k_math_879_answers.jsonl"), "--output-dir",
+                        str(repo_data / "train" / "pure_prompts_256.jsonl"), "--output-dir",
                         str(tmp_path / "out")], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=120)
     assert r.returncode != 0
     assert r.stderr.strip().splitlines()[-1] == f"error: {prm}: tokenizer: PRM tokenizer differs from the policy's " \
@@ -136,12 +138,12 @@ def read_rows(path):
     return [json.loads(line) for line in Path(path).read_text().splitlines()]
 
 
-def test_two_rank_run_then_kill_and_resume(tmp_path, tiny_model_dir, tiny_prm_dir, shared_data):
+def test_two_rank_run_then_kill_and_resume(tmp_path, tiny_model_dir, tiny_prm_dir, repo_data):
     from safetensors.torch import load_file
 
     out = tmp_path / "run"
     args = ["--model", str(tiny_model_dir), "--prm", str(tiny_prm_dir),
-            "--prompts", str(shared_data / "train" / "pure_8k_math_879_answers.jsonl"), *TINY_RUN,
+            "--prompts", str(repo_data / "train" / "pure_prompts_256.jsonl"), *TINY_RUN,
             "--keep-all-ds-states"]  # the "kill" below removes checkpoint-3, so checkpoint-2 must keep its ds/
     torchrun(args, out)
     rows = read_rows(out / "metrics.jsonl")
@@ -256,8 +258,7 @@ def rollout_state(prompts, R, reward_mode="PRIME", rounds=2, filt="auto"):
                            seed=3, filter_max_rounds=rounds, max_steps=10, temperature=1.0, top_p=1.0,
                            generate_max_len=8, prompt_max_len=64, grader_timeout=1.0, filter_lower=0.2,
                            filter_upper=0.8)
-    return SimpleNamespace(args=args, prompts=prompts, rank=0, R_local=R, cuda=False, device=torch.device("cpu"),
-                           llm=None)
+    return SimpleNamespace(args=args, prompts=prompts, rank=0, world=1, cuda=False, device=torch.device("cpu"), llm=None)
 
 
 def stub_generate(prompts, right):
@@ -288,17 +289,18 @@ def test_accuracy_filter_drops_uniform_groups_and_refills(world_of_one, monkeypa
     monkeypatch.setattr(ppo, "generate", stub_generate(prompts, right))
     monkeypatch.setattr(rewards, "grade_many", stub_grader)
     s = rollout_state(prompts, R=2, rounds=6)
-    samples, grades, counts = ppo.rollout(s, step=1)
+    samples, grades, counts = vars(ppo.sample_and_grade(s, step=1)).values()
     groups = [samples[k]["prompt_id"] for k in range(0, len(samples), 2)]
     assert len(groups) == 2 and all(f"q{g}" in mixed for g in groups)  # refilled to a full step, mixed only
     assert [g["correct"] for g in grades] == [True, False, True, False]
     assert counts["filter/kept"] == 2 and counts["filter/drawn"] >= 2 and counts["filter/drawn"] % 2 == 0
     # no mixed prompt at all and a bounded refill: the step ends with nothing, it does not spin
     monkeypatch.setattr(ppo, "generate", stub_generate(prompts, lambda q, j: int(q[1:]) < 4))
-    samples, grades, counts = ppo.rollout(rollout_state(prompts, R=2, rounds=3), step=1)
+    samples, grades, counts = vars(ppo.sample_and_grade(rollout_state(prompts, R=2, rounds=3), step=1)).values()
     assert samples == [] and counts == {"filter/drawn": 8, "filter/kept": 0}  # 1 + 3 rounds of 2 prompts
     # the filter off (a PURE mode): every group is kept, uniform or not
-    samples, _, counts = ppo.rollout(rollout_state(prompts, R=2, reward_mode="PRMVR"), step=1)
+    ro = ppo.sample_and_grade(rollout_state(prompts, R=2, reward_mode="PRMVR"), step=1)
+    samples, counts = ro.samples, ro.counts
     assert len(samples) == 4 and counts == {"filter/drawn": 2, "filter/kept": 2}
 
 
@@ -313,19 +315,20 @@ def test_vr_only_credit_and_a_non_finite_prm_stop(world_of_one, monkeypatch):
     args = SimpleNamespace(**vars(CreditArgs(reward_mode="VR", kl_coef=0.0)), n_samples_per_prompt=2,
                            micro_rollout_batch_size=2)
     prompts = [{"question": "q", "answer": "1", "ref_answer": "1"}]
-    s = SimpleNamespace(args=args, prm=None, prompts=prompts, device=torch.device("cpu"))
+    s = SimpleNamespace(args=args, prm=None, scorer=None, prompts=prompts, device=torch.device("cpu"))
     samples = [{"prompt_id": 0, "prompt_ids": [1], "response_ids": [3, 4, 5]} for _ in range(2)]
     grades = [{"correct": True}, {"correct": False}]
     mask = torch.ones(2, 3, dtype=torch.bool)
     step_end = torch.tensor([[False, False, True]] * 2)
-    adv, scores, info = ppo.pure_rewards(s, samples, grades, [[3], [3]], mask, step_end, None, torch.zeros(2, 3))
+    batch = ppo.Batch([[3], [3]], mask, step_end, None, None, None, torch.zeros(2, 3))
+    adv, scores, info = vars(ppo.pure_rewards_and_credit(s, ppo.Rollouts(samples, grades, {}), batch)).values()
     assert scores is None and info["reward/process"] == 0
     # v' = +1 / -1 on the EOS, reaching the 2 content tokens; the EOS itself is masked; whitening: +-1 / 1
     assert adv.tolist() == [[1.0, 1.0, 0.0], [-1.0, -1.0, 0.0]]
     s.prm, s.prm_tok, args.reward_mode = torch.nn.Linear(1, 1), None, "PRMVR"
     monkeypatch.setattr(rewards, "prm_scores", lambda *a, **k: [[float("nan")], [0.5]])
     with pytest.raises(ppo.Stop, match="non-finite PRM score"):
-        ppo.pure_rewards(s, samples, grades, [[3], [3]], mask, step_end, None, torch.zeros(2, 3))
+        ppo.pure_rewards_and_credit(s, ppo.Rollouts(samples, grades, {}), batch)
 
 
 def test_early_stop_checkpoints_then_stops_the_loop(tmp_path, monkeypatch):
@@ -341,5 +344,87 @@ def test_early_stop_checkpoints_then_stops_the_loop(tmp_path, monkeypatch):
     monkeypatch.setattr(ppo, "save_checkpoint", lambda engine, tok, out, step, *a: saved.append(step))
     monkeypatch.setattr(ppo, "plot_metrics", lambda *a: None)
     monkeypatch.setattr(ppo.dist, "barrier", lambda: None)
-    ppo.main(SimpleNamespace(max_steps=10, save_steps=100, keep_all_ds_states=False))
+    ppo.main(SimpleNamespace(max_steps=10, save_steps=100, keep_all_ds_states=False, eval_every=0))
     assert ran == [1, 2, 3] and saved == [3]
+
+
+class PieceTokenizer:
+    """Token i decodes to pieces[i]; the last piece is the EOS, which skip_special_tokens drops."""
+
+    def __init__(self, pieces):
+        self.pieces = pieces
+
+    def decode(self, ids, skip_special_tokens=False):
+        return "".join(self.pieces[i] for i in ids if not (skip_special_tokens and i == len(self.pieces) - 1))
+
+
+@pytest.mark.parametrize("credit, right_returns", [("min", [1.35, 0.0, 0.675, 0.0]), ("sum", [2.7, 0.0, 1.35, 0.0])])
+def test_step_scorer_scores_reach_the_credit_unchanged(world_of_one, credit, right_returns):
+    """--step-scorer toy_math:oracle_step_scores on a hand-built group of two: "23 + 5 = 28", "\\n\\n", the boxed 28,
+    EOS (both steps right: p = +0.9, +0.9) and the same with 18 (both wrong: -0.9, -0.9). Returns by hand (KL 0,
+    no whitening): min-form, equal p -> w = 1/2 each, r = +-0.45 per step, O = +-0.9; token baseline a = O_other / L
+    = -+0.9 / 4 on each step's 1 content token -> r' = +-0.675; G_t = suffix sums, terminal tokens masked to 0.
+    Sum-form: r = p = +-0.9, O = +-1.8, a = -+0.45 -> r' = +-1.35."""
+    from types import SimpleNamespace
+
+    import toy_math
+    from credit import CreditArgs
+
+    pieces = ["23 + 5 = 28", "23 + 5 = 18", "\n\n", "The answer is \\boxed{28}.", "The answer is \\boxed{18}.", "<eos>"]
+    args = SimpleNamespace(**vars(CreditArgs(reward_mode="PRM", credit=credit, kl_coef=0.0, normalize=False)),
+                           n_samples_per_prompt=2)
+    s = SimpleNamespace(args=args, scorer=toy_math.oracle_step_scores, prm=None, tok=PieceTokenizer(pieces),
+                        prompts=[{"question": "Compute 23 + 5.", "answer": None}], device=torch.device("cpu"))
+    samples = [{"prompt_id": 0, "response_ids": ids} for ids in ([0, 2, 3, 5], [1, 2, 4, 5])]
+    step_end = torch.tensor([[False, True, False, True]] * 2)
+    mask = torch.ones(2, 4, dtype=torch.bool)
+    batch = ppo.Batch([[2, 2], [2, 2]], mask, step_end, None, None, None, torch.zeros(2, 4))
+    ro = ppo.Rollouts(samples, [{"correct": True}, {"correct": False}], {})
+    adv, scores, info = vars(ppo.pure_rewards_and_credit(s, ro, batch)).values()
+    assert scores == [[0.9, 0.9], [-0.9, -0.9]]
+    assert adv[0].tolist() == pytest.approx(right_returns, abs=1e-6)
+    assert adv[1].tolist() == pytest.approx([-x for x in right_returns], abs=1e-6)
+    s.scorer = lambda questions, steps: [[0.5] for _ in steps]  # one score for two steps: one line, not a crash
+    with pytest.raises(ppo.InputError, match="response 0: 2 steps"):
+        ppo.pure_rewards_and_credit(s, ro, batch)
+
+
+def test_eval_every_logs_step_0_and_every_nth_step(tmp_path, tiny_tokenizer, world_of_one, monkeypatch):
+    """--eval-every 2 --max-steps 5: validation at steps 0, 2, 4 and 5 (the last), graded for real, on a scripted
+    engine; q1 is answered wrong until the stubbed step 3 'teaches' it. Step 0's row is written before any update."""
+    from types import SimpleNamespace
+
+    from test_evaluate import ScriptedLLM
+
+    script = {"What is 1+1?": ["One and one.\n\nThe answer is $\\boxed{2}$."], "What is 2+3?": ["$\\boxed{4}$"],
+              "What is 3+3?": ["The answer is $\\boxed{6}$."]}
+    llm = ScriptedLLM(tiny_tokenizer, script)
+    val = [{"question": "What is 1+1?", "gold": "2"}, {"question": "What is 2+3?", "gold": "5"}]
+    args = SimpleNamespace(max_steps=5, save_steps=100, keep_all_ds_states=False, eval_every=2, generate_max_len=32,
+                           grader_timeout=5.0)
+    s = SimpleNamespace(args=args, start=0, rank=0, world=1, local_rank=0, cuda=False, llm=llm, out=tmp_path,
+                        sync_dir=tmp_path / "sync", engine=None, tok=None, prm_engine=None,
+                        eval_sets={"val": val, "test": [{"question": "What is 3+3?", "gold": "6"}]},
+                        writer=SimpleNamespace(add_scalar=lambda *a: None, close=lambda: None))
+    logged = {}
+
+    def rl_step(s, step):
+        if step == 3:
+            script["What is 2+3?"] = ["$\\boxed{5}$"]
+        return [], {}
+
+    monkeypatch.setattr(ppo, "start_run", lambda args: s)
+    monkeypatch.setattr(ppo, "rl_step", rl_step)
+    monkeypatch.setattr(ppo, "log_step", lambda s, step, per_sample, stats, evals: logged.update({step: evals}))
+    monkeypatch.setattr(ppo, "save_checkpoint", lambda *a: None)
+    monkeypatch.setattr(ppo, "plot_metrics", lambda *a: None)
+    ppo.main(args)
+    (row0,) = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+    assert (row0["step"], row0["eval/accuracy"], row0["eval/steps_per_response"]) == (0, 0.5, 1.5)
+    assert row0["eval/test/accuracy"] == 1.0 and row0["eval/test/steps_per_response"] == 1.0
+    assert sorted(logged) == [1, 2, 3, 4, 5]
+    assert [logged[k].get("eval/accuracy") for k in (1, 2, 3, 4, 5)] == [None, 0.5, None, 1.0, 1.0]
+    rows = [json.loads(line) for line in open(tmp_path / "evals" / "val" / "step-4.jsonl")]
+    assert [(r["question"], r["correct"], r["steps"]) for r in rows] == [("What is 1+1?", True, 2),
+                                                                          ("What is 2+3?", True, 1)]
+    assert sorted(p.name for p in (tmp_path / "evals" / "test").iterdir()) == [f"step-{k}.jsonl" for k in (0, 2, 4, 5)]

@@ -255,7 +255,7 @@ PRIME_RUN = ["--reward-mode", "PRIME", "--rollout-batch-size", "4", "--n-samples
              "--accuracy-filter", "off"]  # a random tiny model solves nothing: the filter would keep no group
 
 
-def test_prime_two_rank_run_then_kill_and_resume(tmp_path, tiny_model_dir, shared_data):
+def test_prime_two_rank_run_then_kill_and_resume(tmp_path, tiny_model_dir, repo_data):
     """torchrun --nproc_per_node 2 ppo.py --reward-mode PRIME: both models train, the checkpoints hold both, and a run
     killed after step 2 resumes to the same step-3 prompts, responses, policy and PRM weights."""
     from safetensors.torch import load_file
@@ -264,9 +264,9 @@ def test_prime_two_rank_run_then_kill_and_resume(tmp_path, tiny_model_dir, share
 
     out = tmp_path / "run"
     args = ["--model", str(tiny_model_dir), "--prm", str(tiny_model_dir),
-            "--prompts", str(shared_data / "train" / "pure_8k_math_879_answers.jsonl"), *PRIME_RUN]
+            "--prompts", str(repo_data / "train" / "pure_prompts_256.jsonl"), *PRIME_RUN]
     log = torchrun(args, out)
-    assert "PRIME: 879 of 8523 prompts have a gold answer; 7644 without one are skipped" in log
+    assert "PRIME: 22 of 256 prompts have a gold answer; 234 without one are skipped" in log  # jq counts
     rows = read_rows(out / "metrics.jsonl")
     assert [r["step"] for r in rows] == [1, 2, 3] and all(r["policy_updated"] == 1 for r in rows)
     assert rows[0]["prm/loss"] == pytest.approx(math.log(2), abs=1e-4)  # one optimizer step: all of step 1 sees psi = pi_ref

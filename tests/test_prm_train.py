@@ -119,11 +119,12 @@ def torchrun(*args, nproc=2):
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory, tiny_model_dir, shared_data):
+def runs(tmp_path_factory, tiny_model_dir, repo_data):
     """Stage 1 interrupted (2 steps, then a rerun to 3), the same 3 steps uninterrupted, and stage 2 from the first.
     The base is the tiny policy with the token-classification head's dropout off (transformers' Qwen2 default is
     0.1): dropout draws from an RNG that a resume does not restore, so only a dropout-free run can be compared bit
-    for bit, and only then is a logged loss a plain forward's. 32 short examples of 1-3 steps each."""
+    for bit, and only then is a logged loss a plain forward's. The 32 shortest examples of data/'s PRM800K train slice
+    (1-5 steps each)."""
     from safetensors.torch import load_file
 
     tmp = tmp_path_factory.mktemp("prm_runs")
@@ -131,7 +132,7 @@ def runs(tmp_path_factory, tiny_model_dir, shared_data):
     shutil.copytree(tiny_model_dir, base)
     config = json.loads((base / "config.json").read_text())
     (base / "config.json").write_text(json.dumps({**config, "classifier_dropout": 0.0}))
-    examples, _ = pt.load_examples(shared_data / "prm800k" / "phase1_test_stepwise_critique.jsonl")
+    examples, _ = pt.load_examples(repo_data / "prm800k" / "phase1_train_stepwise_critique.jsonl")
     write_jsonl(tmp / "trl.jsonl", sorted(examples, key=lambda e: len(e["prompt"]) + sum(map(len, e["completions"])))
                 [:32])
     common = ["--data", tmp / "trl.jsonl", "--global-batch-size", 4, "--per-device-batch-size", 1]
@@ -295,12 +296,12 @@ def test_stage2_trains_everything_and_reloads_for_rewards(runs, tiny_tokenizer):
     assert p == pytest.approx([2 * q - 1 for q in p_good], abs=1e-6)
 
 
-def test_eval_only_on_the_shared_data_plumbing(runs, shared_data):
-    """Plumbing: the trained stage-2 PRM through the real step_probs on the first 4 items of every shared set; the
-    numbers themselves are checked on hand-built data below. Counts from the files: PRM800K's first 4 examples
-    (rows 2-5) have 2 steps each."""
+def test_eval_only_on_the_shipped_data_plumbing(runs):
+    """Plumbing: the trained stage-2 PRM through the real step_probs on the first 4 items of every set in data/ (the
+    default --eval-data); the numbers themselves are checked on hand-built data below. Counts from the files:
+    PRM800K's first 4 examples (rows 2-5) have 2 steps each."""
     out = runs["tmp"] / "s2"
-    args = pt.Args(model=str(out), output_dir=str(out), eval_only=True, limit=4, eval_data=str(shared_data))
+    args = pt.Args(model=str(out), output_dir=str(out), eval_only=True, limit=4)
     res = pt.evaluate(args)
     assert json.loads((out / "eval.json").read_text()) == json.loads(json.dumps(res))
     assert {"processbench_gsm8k", "processbench_math", "processbench_olympiadbench", "processbench_omnimath",

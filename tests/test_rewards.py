@@ -76,8 +76,9 @@ REFERENCE_TEXTS = [t for t, _ in STEP_TEXTS if ".\n\n\n\n" not in t] + [
 
 def test_qwen_pattern_gives_the_reference_boundaries(tiny_tokenizer):
     """On a Qwen-pattern tokenizer every run of newlines is one token (".\\n\\n", ":\\n\\n", "\\n\\n\\n" merged),
-    and the boundaries must be exactly the reference's: every token whose text ends with "\\n\\n" (EM:168-175),
-    plus the final token."""
+    and the boundaries must be exactly the reference's: every token whose text ends with "\\n\\n"
+    (openrlhf/trainer/ppo_utils/experience_maker.py:168-175 of github.com/CJReinforce/PURE@41f9363), plus the final
+    token."""
     tok = tiny_tokenizer
     for text in REFERENCE_TEXTS:
         ids = tok.encode(text, add_special_tokens=False) + [tok.eos_token_id]
@@ -116,7 +117,8 @@ def test_prm_input_is_the_training_layout(drop_fused_punctuation, tiny_tokenizer
 
 def test_prm_positions_keep_the_reference_lengths_on_qwen_pattern(tiny_tokenizer):
     """Where each separator is one token (Qwen), replacing it by "\\n" keeps the length: the "\\n" of step k sits
-    where the policy's separator token was (problem_length + score_id - 1, EM:825-870)."""
+    where the policy's separator token was (problem_length + score_id - 1, openrlhf/trainer/ppo_utils/
+    experience_maker.py:825-870 of github.com/CJReinforce/PURE@41f9363)."""
     tok = tiny_tokenizer
     nl = separator_ids(tok)
     prompt = tok.encode("How many? Please reason step by step.\n\n", add_special_tokens=False)
@@ -294,13 +296,13 @@ def test_checker_table():
     assert not any(o["timed_out"] for o in out)
 
 
-def test_olympiadbench_judge_examples(shared_data):
+def test_olympiadbench_judge_examples(repo_data):
     """OlympiadBench's own 36 labelled pairs. We deliberately disagree with the three whose label relies on a
     per-problem tolerance the judge is handed (precision 1e34 for 7.1e35 vs 7e35; 1e-3 for 0.002 vs 0.003):
     without it those are different numbers. 10^{10^{10^{10}}} vs 10^{10} runs out of time = wrong, as labelled.
     math-verify alone also misses I_{\\max}=..., the n_gamma(nu) formula (commands in subscripts) and 0.6054 vs
     cos^10(pi/10) (tolerance on an irrational gold)."""
-    data = json.loads((shared_data / "extras" / "olympiadbench_scoring_examples.json").read_text())
+    data = json.loads((repo_data / "extras" / "olympiadbench_scoring_examples.json").read_text())
     pairs = [(a["answer"], g["GT"], a["equal"]) for g in data for a in g["Ans"]]
     out = rewards.grade_many([p for p, _, _ in pairs], [g for _, g, _ in pairs])
     disagree = {p for (p, g, e), o in zip(pairs, out) if o["correct"] != e}
@@ -410,6 +412,40 @@ def test_works_from_a_thread():
     thread.join(60)
     assert result == {"correct": True, "extracted": "\\frac{1}{2}", "timed_out": False}
     assert rewards.is_correct("\\boxed{x=3}", "3") and not rewards.is_correct("\\boxed{x=4}", "3")
+
+
+COPIED_CHECKER = """
+import importlib.util, json, multiprocessing, sys
+assert sys.path[0] == "" and not any(importlib.util.find_spec(m) for m in ("rewards", "common"))  # no repo here
+import my_checker as m
+assert not m._forget_workers_at_fork.cache_info().currsize  # importing it registered no fork hook
+out = m.grade_many(["so $\\\\boxed{\\\\frac{1}{2}}$", "The answer is 7.", "\\\\boxed{9^{9^{9^{9}}}}", "\\\\boxed{4}"],
+                   ["0.5", "8", "9", None], timeout=1.0, workers=2)
+with multiprocessing.get_context("fork").Pool(1) as pool:  # a forked child checks through workers of its own
+    forked = pool.apply(m.is_correct, ("\\\\boxed{x=3}", "3"))
+print(json.dumps([out, m.is_correct("$-\\\\frac{3}{4}$", "-0.75"), forked, sorted(sys.modules.keys() & {"rewards",
+                  "common", "torch", "transformers"})]))
+"""
+
+
+def test_the_checker_copied_alone_under_another_name(tmp_path):
+    """rewards.py copied alone as my_checker.py into an empty folder and run from there (the repo not importable):
+    its checker grades, with time limits, from threads (grade_many) and a forked child, and never needs common.py,
+    torch or a module named "rewards". Expected verdicts by hand: 1/2 = 0.5, 7 != 8, 9^9^9^9 != 9 (and runs away),
+    no gold -> None, -3/4 = -0.75, x=3 answers 3."""
+    import os
+    import shutil
+
+    shutil.copy(ROOT / "rewards.py", tmp_path / "my_checker.py")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    proc = subprocess.run([sys.executable, "-c", COPIED_CHECKER], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out, last, forked, imported = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert [(o["correct"], o["timed_out"]) for o in out] == [(True, False), (False, False), (False, True),
+                                                            (None, False)]
+    assert [o["extracted"] for o in out] == ["\\frac{1}{2}", "7", "9^{9^{9^{9}}}", "4"]
+    assert last is True and forked is True and imported == []
 
 
 # ------------------------------------------------------------------------------------------------ CLI

@@ -25,9 +25,9 @@ def test_format_prompt_is_the_reference_template():
     assert "\\n" not in PROMPT_TEMPLATE  # real newlines, not backslash-n
 
 
-def test_load_prompts(tmp_path, shared_data):
-    prompts = load_prompts(shared_data / "train" / "pure_8k_math_879_answers.jsonl")
-    assert len(prompts) == 8523 and sum(p["answer"] is not None for p in prompts) == 879  # "null" -> None
+def test_load_prompts(tmp_path, repo_data):
+    prompts = load_prompts(repo_data / "train" / "pure_prompts_256.jsonl")  # counts by jq (data/README.md)
+    assert len(prompts) == 256 and sum(p["answer"] is not None for p in prompts) == 22  # "null" -> None
     arr = tmp_path / "p.json"  # PURE's original file is a JSON array
     arr.write_text(json.dumps([{"question": "q1", "answer": "null"}, {"question": "q2", "answer": 27.0}]))
     assert load_prompts(arr) == [{"question": "q1", "answer": None, "ref_answer": None},
@@ -155,8 +155,8 @@ def test_temperature_zero_is_the_greedy_argmax(llm, tiny_model_dir):
     assert any(x["response_ids"] != s["response_ids"] for x in sampled)  # and temperature 1 does sample
 
 
-def test_cli_writes_rollouts(tmp_path, tiny_model_dir, shared_data):
-    src = shared_data / "train" / "pure_8k_math_879_answers.jsonl"
+def test_cli_writes_rollouts(tmp_path, tiny_model_dir, repo_data):
+    src = repo_data / "train" / "pure_prompts_256.jsonl"
     rows = [json.loads(line) for line in src.read_text().splitlines()[:40]]
     pick = [r for r in rows if r["answer"] != "null"][:1] + [r for r in rows if r["answer"] == "null"][:1]
     prompts = tmp_path / "prompts.jsonl"
