@@ -208,8 +208,8 @@ def sample_and_grade(run, step):
 
     args, n, share = run.args, run.args.n_samples_per_prompt, run.args.rollout_batch_size // run.world
     prime_filter_on = args.accuracy_filter == "on" or args.accuracy_filter == "auto" and args.reward_mode == "PRIME"
-    idx = prompt_indices(step, len(run.prompts), args.rollout_batch_size, args.seed)[run.rank * share:
-                                                                                   (run.rank + 1) * share]
+    idx = prompt_indices(step, len(run.prompts), args.rollout_batch_size, args.seed)
+    idx = idx[run.rank * share:(run.rank + 1) * share]  # this rank's share
     groups, drawn = [], 0
     if run.cuda:
         wake_engine(run.llm)  # weights + KV cache
@@ -241,7 +241,7 @@ def sample_and_grade(run, step):
     return Rollouts([x for x, _ in kept], [g for _, g in kept], {"filter/drawn": drawn, "filter/kept": int(K.item())})
 
 
-# --------------------------------------------------------------------------------------------------------- LOG-PROBS
+# ------------------------------------------------------------------------------------------------------------ LOG-PROBS
 @dataclass
 class Batch:
     """The buffer as right-padded [B, T] tensors on the CPU (T = the longest response), and its steps."""

@@ -329,7 +329,8 @@ def setup(args):
         if prm_engine is not None:
             prm_engine.load_checkpoint(str(resume_dir), tag="ds_prm")
     return dict(**inputs, rank=rank, world=world, local_rank=local_rank, device=device, cuda=cuda, out=out, start=start,
-                llm=llm, sync_dir=sync_dir, engine=engine, ref=ref, prm=None if prm_engine else prm, prm_engine=prm_engine)
+                llm=llm, sync_dir=sync_dir, engine=engine, ref=ref, prm=None if prm_engine else prm,
+                prm_engine=prm_engine)
 
 
 def weight_sync_dir(out, actor, device, rank):

@@ -258,7 +258,8 @@ def rollout_state(prompts, R, reward_mode="PRIME", rounds=2, filt="auto"):
                            seed=3, filter_max_rounds=rounds, max_steps=10, temperature=1.0, top_p=1.0,
                            generate_max_len=8, prompt_max_len=64, grader_timeout=1.0, filter_lower=0.2,
                            filter_upper=0.8)
-    return SimpleNamespace(args=args, prompts=prompts, rank=0, world=1, cuda=False, device=torch.device("cpu"), llm=None)
+    return SimpleNamespace(args=args, prompts=prompts, rank=0, world=1, cuda=False, device=torch.device("cpu"),
+                           llm=None)
 
 
 def stub_generate(prompts, right):

@@ -269,7 +269,8 @@ def test_prime_two_rank_run_then_kill_and_resume(tmp_path, tiny_model_dir, repo_
     assert "PRIME: 22 of 256 prompts have a gold answer; 234 without one are skipped" in log  # jq counts
     rows = read_rows(out / "metrics.jsonl")
     assert [r["step"] for r in rows] == [1, 2, 3] and all(r["policy_updated"] == 1 for r in rows)
-    assert rows[0]["prm/loss"] == pytest.approx(math.log(2), abs=1e-4)  # one optimizer step: all of step 1 sees psi = pi_ref
+    # one optimizer step: all of step 1 sees psi = pi_ref
+    assert rows[0]["prm/loss"] == pytest.approx(math.log(2), abs=1e-4)
     assert all(math.isfinite(r["prm/loss"]) and 0 <= r["prm/outcome_accuracy"] <= 1 for r in rows)
     assert all(r["filter/keep_rate"] == 1 for r in rows)
     init = load_file(tiny_model_dir / "model.safetensors")

@@ -148,7 +148,8 @@ def toy_world(tmp_path_factory):
     out = tmp_path_factory.mktemp("toy") / "world"
     r = subprocess.run([sys.executable, "toy_math.py", "world", "--out", str(out), "--policy-steps", "3",
                         "--rl-prompts", "20", "--test-problems", "6", "--prm-problems", "3",
-                        "--prm-heldout-problems", "2", "--val-problems", "5"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+                        "--prm-heldout-problems", "2", "--val-problems", "5"], cwd=ROOT, capture_output=True, text=True,
+                       timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     return out
 
