@@ -508,7 +508,7 @@ def validate(run, step):
     per rank, graded by evaluate.py's protocol (at most --generate-max-len tokens). -> {eval/accuracy, ...} on every
     rank (steps: runs of 2+ newlines in the text); rank 0 writes the answers to evals/<name>/step-<step>.jsonl."""
     from evaluate import Args as EvalArgs, evaluate_benchmark
-    from rewards import STEP_RUN
+    from rewards import split_text_steps
 
     t0, metrics = time.time(), {}
     eval_args = EvalArgs(max_tokens=run.args.generate_max_len, grade_timeout=run.args.grader_timeout)
@@ -517,9 +517,8 @@ def validate(run, step):
     for k, (name, rows) in enumerate(run.eval_sets.items()):
         mine = rows[run.rank::run.world]  # row j of this share is row rank + j * world of the set
         records = evaluate_benchmark(run.llm, mine, eval_args) if mine else []
-        for r in records:  # steps: the non-blank pieces between runs of 2+ newlines
-            r.update(index=run.rank + r["index"] * run.world, steps=sum(bool(x.strip()) for x in
-                                                                        STEP_RUN.split(r["response"])))
+        for r in records:
+            r.update(index=run.rank + r["index"] * run.world, steps=len(split_text_steps(r["response"])))
         records = sorted(gather(records, run.world), key=lambda r: r["index"])
         key, n = "eval" if k == 0 else f"eval/{name}", len(records)
         metrics.update({f"{key}/accuracy": sum(bool(r["correct"]) for r in records) / n,

@@ -73,6 +73,12 @@ def split_steps(response_ids, tokenizer) -> list:
     return [b - a for a, b in zip([-1] + ends[:-1], ends)]
 
 
+def split_text_steps(response) -> list:
+    """A response's steps as text, when only the text is at hand: the pieces between runs of two or more newlines
+    (STEP_RUN), blank pieces dropped."""
+    return [s for s in STEP_RUN.split(response) if s.strip()]
+
+
 def step_texts(response_ids, counts, tokenizer) -> list:
     """The text of each step of one response (`counts`: split_steps'), separator newlines and EOS dropped."""
     ends = list(itertools.accumulate(counts))

@@ -71,7 +71,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from common import InputError, log_libraries_to, plot_metrics, write_jsonl
-from rewards import STEP_RUN
+from rewards import split_text_steps
 from rollout import format_prompt
 
 MIN_VALUE, MAX_VALUE = 10, 29  # every running value has two digits: a carry never changes the shape of a step
@@ -231,11 +231,6 @@ def oracle_step_scores(questions, steps):
     calls good, -0.9 for a bad one (an empty step too: it is no step of a solution)."""
     return [[0.9 if good else -0.9 for good in label_steps(parse_question(q), st)]
             for q, st in zip(questions, steps, strict=True)]
-
-
-def split_text_steps(response):
-    """A response's steps as text (PURE's separator: a run of two or more newlines; empty pieces dropped)."""
-    return [s for s in STEP_RUN.split(response) if s.strip()]
 
 
 def prm_example(problem, steps):

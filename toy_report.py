@@ -23,7 +23,8 @@ from pathlib import Path
 
 from common import InputError, atomic_write, read_jsonl
 from prm_train import auc  # the PRM's step AUC, as prm_train.py measures it held-out
-from toy_math import label_steps, parse_question, split_text_steps
+from rewards import split_text_steps
+from toy_math import label_steps, parse_question
 
 ARMS = {"vr": "VR only", "prm_min": "PRM min-form", "prm_sum": "PRM sum-form", "prmvr_min": "PRM+VR min-form",
         "oracle_min": "oracle min-form", "oracle_sum": "oracle sum-form", "prime": "PRIME", "base": "the base policy"}
